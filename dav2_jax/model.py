@@ -1,0 +1,49 @@
+"""`DepthAnythingV2`: DINOv2 encoder + DPT head, relative (ReLU) or metric (Sigmoid × max_depth)."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dav2_jax.dpt import DPTHead
+from dav2_jax.vit import ENCODERS, DinoVisionTransformer
+
+HEADS = {  # (DPT features, out_channels) of the official configurations
+    "vits": (64, (48, 96, 192, 384)),
+    "vitb": (128, (96, 192, 384, 768)),
+    "vitl": (256, (256, 512, 1024, 1024)),
+    "vitg": (384, (1536, 1536, 1536, 1536)),
+}
+
+
+class DepthAnythingV2(nn.Module):
+    """Depth Anything V2.
+
+    encoder: "vits" | "vitb" | "vitl" | "vitg". max_depth: None for the relative model (output = affine-invariant
+    inverse depth, ReLU), or the metric range in metres (output = depth = sigmoid · max_depth; 20 indoor, 80
+    outdoor). dtype: compute dtype (parameters stay float32). attention_impl: "xla" or "heads_first" (faster on
+    CPU). remat: rematerialise each transformer block in the backward pass.
+
+    Call with images [B, H, W, 3] float32, ImageNet-normalised, H and W multiples of 14; returns [B, H, W] float32.
+    """
+
+    encoder: str = "vits"
+    max_depth: float | None = None
+    dtype: jnp.dtype = jnp.float32
+    attention_impl: str = "xla"
+    remat: bool = False
+
+    def setup(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}")
+        self.pretrained = DinoVisionTransformer(self.encoder, self.dtype, self.attention_impl, self.remat)
+        features, out_channels = HEADS[self.encoder]
+        self.depth_head = DPTHead(features, out_channels, self.dtype)
+
+    def encoder_features(self, images, taps=None):
+        """The tapped, normed encoder maps: a list of [B, H/14, W/14, C] (default taps: the DPT's four)."""
+        return self.pretrained(images, taps)
+
+    def __call__(self, images):
+        out = self.depth_head(self.pretrained(images)).astype(jnp.float32)
+        if self.max_depth is None:
+            return nn.relu(out)  # output_conv2 ends in ReLU; the second one in the official forward() is idempotent
+        return nn.sigmoid(out) * self.max_depth

@@ -1,0 +1,63 @@
+"""Resampling with the exact semantics of the PyTorch/OpenCV originals, as separable weight matrices.
+
+Every resize here is `out = Wh @ x @ Ww.T` over the two spatial axes, with (out, in) weight matrices built in
+NumPy float64 from static sizes. That makes the kernels exact (no approximation of the upstream rules), cheap to
+apply inside `jit` (two small matmuls) and usable on host arrays too.
+"""
+
+import functools
+
+import numpy as np
+
+
+def _cubic(t, a=-0.75):
+    """Keys cubic convolution kernel with a = -0.75 (PyTorch `bicubic`, OpenCV `INTER_CUBIC`)."""
+    t = np.abs(t)
+    return np.where(
+        t <= 1,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def cubic_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
+    """(out_size, in_size) float64 weights of a half-pixel cubic resize with replicated borders, no antialias.
+
+    `scale` is the output/input ratio used to map coordinates (`src = (dst + 0.5) / scale - 0.5`); it defaults to
+    out_size / in_size (OpenCV `INTER_CUBIC` and PyTorch `size=`). PyTorch's `scale_factor=` passes it explicitly.
+    """
+    scale = out_size / in_size if scale is None else scale
+    src = (np.arange(out_size) + 0.5) / scale - 0.5
+    base = np.floor(src)
+    frac = src - base
+    w = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    for k in range(-1, 3):
+        idx = np.clip(base + k, 0, in_size - 1).astype(np.int64)
+        np.add.at(w, (rows, idx), _cubic(frac - k))
+    return w
+
+
+@functools.lru_cache(maxsize=256)
+def linear_align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 weights of `F.interpolate(mode="bilinear", align_corners=True)` along one axis."""
+    if out_size == 1 or in_size == 1:
+        src = np.zeros(out_size)
+    else:
+        src = np.arange(out_size) * (in_size - 1) / (out_size - 1)
+    lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    w = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    np.add.at(w, (rows, lo), 1 - frac)
+    np.add.at(w, (rows, hi), frac)
+    return w
+
+
+def apply_separable(x, wh, ww, xp=np):
+    """Resize `x` [..., H, W, C] with `wh` (H', H) and `ww` (W', W) → [..., H', W', C] (NHWC-style layout)."""
+    wh = xp.asarray(wh, dtype=x.dtype)
+    ww = xp.asarray(ww, dtype=x.dtype)
+    return xp.einsum("oh,...hwc,pw->...opc", wh, x, ww)
