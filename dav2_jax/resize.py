@@ -56,8 +56,7 @@ def linear_align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
     return w
 
 
-def apply_separable(x, wh, ww, xp=np):
-    """Resize `x` [..., H, W, C] with `wh` (H', H) and `ww` (W', W) → [..., H', W', C] (NHWC-style layout)."""
-    wh = xp.asarray(wh, dtype=x.dtype)
-    ww = xp.asarray(ww, dtype=x.dtype)
-    return xp.einsum("oh,...hwc,pw->...opc", wh, x, ww)
+def resize_host(x: np.ndarray, wh: np.ndarray, ww: np.ndarray) -> np.ndarray:
+    """Resize a host array x [H, W, C] with `wh` (H', H) and `ww` (W', W) → [H', W', C], in x's dtype."""
+    y = np.einsum("oh,hwc->owc", wh.astype(x.dtype), x, optimize=True)
+    return np.einsum("pw,owc->opc", ww.astype(x.dtype), y, optimize=True)
