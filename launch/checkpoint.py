@@ -1,0 +1,88 @@
+"""Orbax checkpoints of a training run: train state, Grain iterator state and config JSON, saved together.
+
+Layout: `WORKDIR/checkpoints/STEP/{state, data, config}`. `state` is an Orbax PyTree (restored straight into the
+target shardings, so no host ever holds a full copy); `data` holds one JSON file per process with that process's
+Grain iterator state; `config` is the run's `ConfigDict` as JSON, for people and for the resume check.
+"""
+
+import json
+import logging
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Asynchronous, keep-the-last-N checkpoints of one run directory."""
+
+    def __init__(self, workdir, keep, every):
+        """keep: how many most recent checkpoints survive; every: save period in steps (forced saves come extra)."""
+        self.directory = epath.Path(workdir) / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            save_interval_steps=every,
+            enable_async_checkpointing=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self):
+        """The newest complete checkpoint's step, or None."""
+        return self.manager.latest_step()
+
+    def save(self, step, state, data_iterator, config, force=False):
+        """Start saving (asynchronously) if `step` is on the period or `force`; returns whether it saves.
+
+        The iterator state is read now, so the iterator may be advanced as soon as this returns.
+        """
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step, abstract_state, data_iterator, config):
+        """Restore `step` into `abstract_state`'s shapes and shardings; `data_iterator` is repositioned in place.
+
+        abstract_state: a pytree of `jax.ShapeDtypeStruct` carrying the target `sharding`.
+        """
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+            config=ocp.args.JsonRestore(),
+        )
+        restored = self.manager.restore(step, args=args)
+        _warn_on_config_change(restored["config"], json.loads(config.to_json_best_effort()), step)
+        return restored["state"]
+
+    def wait(self):
+        """Block until every started save is on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _warn_on_config_change(saved, current, step):
+    saved, current = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed and jax.process_index() == 0:
+        log.warning(
+            "resuming from step %d with a config that differs from the saved one in: %s",
+            step,
+            ", ".join(f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in changed),
+        )
