@@ -25,11 +25,15 @@ def check_rgb_uint8(image) -> np.ndarray:
         arrays = [check_rgb_uint8(x) for x in image]
         sizes = {a.shape[1:3] for a in arrays}
         if len(sizes) != 1:
-            raise ValueError(f"expected images of one size [H, W], got sizes {sorted(sizes)}; resize them first or call once per size")
+            raise ValueError(
+                f"expected images of one size [H, W], got sizes {sorted(sizes)}; resize them or call once per size"
+            )
         return np.concatenate(arrays)
     if hasattr(image, "mode") and hasattr(image, "size"):
         if image.mode != "RGB":
-            raise ValueError(f"expected an RGB image, got a PIL image in mode {image.mode!r}; convert it with .convert('RGB')")
+            raise ValueError(
+                f"expected an RGB image, got a PIL image in mode {image.mode!r}; convert it with .convert('RGB')"
+            )
         image = np.asarray(image)
     array = np.asarray(image)
     shape = "[" + ", ".join(map(str, array.shape)) + "]"
@@ -53,7 +57,9 @@ def max_edge_size(height: int, width: int, max_edge: int) -> tuple[int, int]:
     longest = max(height, width)
     h, w = height * max_edge // longest, width * max_edge // longest
     if h == 0 or w == 0:
-        raise ValueError(f"extreme aspect ratio: a {width}x{height} image has a side of 0 pixels at long side {max_edge}")
+        raise ValueError(
+            f"extreme aspect ratio: a {width}x{height} image has a side of 0 pixels at long side {max_edge}"
+        )
     return h, w
 
 

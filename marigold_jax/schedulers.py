@@ -1,9 +1,9 @@
 """Noise schedules and samplers as pure functions: DDPM training schedule, DDIM and LCM steps.
 
-Everything a sampler needs per inference step is computed up front on the host (`ddim_plan`, `lcm_plan`) as
-arrays, so that the denoising loop is a `lax.scan` over those arrays and the step functions are plain `jnp`
-arithmetic. Values equal diffusers' `DDIMScheduler` / `LCMScheduler` (float32 schedule, float64 cumulative
-product as PyTorch's CPU `cumprod` accumulates), including their quirks, reproduced on purpose:
+Everything a sampler needs per inference step is computed up front on the host (`make_plan`) as arrays, so that
+the denoising loop is a `lax.scan` over those arrays and the step functions are plain `jnp` arithmetic. Values
+equal diffusers' `DDIMScheduler` / `LCMScheduler` (float32 schedule, float64 cumulative product as PyTorch's CPU
+`cumprod` accumulates), including their quirks, reproduced on purpose:
 - DDIM's previous timestep is always `t - num_train_timesteps // num_inference_steps`, whatever the spacing;
 - LCM's last step uses its own timestep as the "previous" one and returns the denoised sample without noise.
 """
@@ -44,9 +44,13 @@ class SchedulerConfig:
         """Build from a parsed `scheduler_config.json`; unknown keys are ignored, defaults follow diffusers'."""
         kind = config.get("_class_name", "DDIMScheduler")
         if kind not in SCHEDULER_KINDS:
-            raise ValueError(f"expected a scheduler in {SCHEDULER_KINDS}, found {kind!r}; Marigold checkpoints use one of these")
+            raise ValueError(
+                f"expected a scheduler in {SCHEDULER_KINDS}, found {kind!r}; Marigold checkpoints use one of these"
+            )
         if config.get("thresholding", False):
-            raise ValueError("dynamic thresholding is not supported (no Marigold checkpoint uses it); set `thresholding` false")
+            raise ValueError(
+                "dynamic thresholding is not supported (no Marigold checkpoint uses it); set `thresholding` false"
+            )
         lcm = kind == "LCMScheduler"
         defaults = dict(
             beta_start=0.00085 if lcm else 0.0001,
@@ -139,34 +143,13 @@ def get_velocity(alphas_cumprod: jnp.ndarray, x0: jnp.ndarray, noise: jnp.ndarra
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplerPlan:
-    """Per-step constants of one sampling run, all [num_inference_steps] numpy arrays.
-
-    `timesteps` int32; `alpha_t`, `alpha_prev` float32 alpha_bar at the step and at the previous timestep;
-    for LCM also `c_skip`, `c_out` (float32) and `add_noise` (bool: False on the last step).
-    """
+class Sampler:
+    """The static (hashable, `jit`-static) part of a sampler: which update rule and how to read the model output."""
 
     kind: str
     prediction_type: str
     clip_sample: bool
     clip_sample_range: float
-    timesteps: np.ndarray
-    alpha_t: np.ndarray
-    alpha_prev: np.ndarray
-    c_skip: np.ndarray
-    c_out: np.ndarray
-    add_noise: np.ndarray
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The per-step arrays, to scan over."""
-        return dict(
-            timesteps=self.timesteps,
-            alpha_t=self.alpha_t,
-            alpha_prev=self.alpha_prev,
-            c_skip=self.c_skip,
-            c_out=self.c_out,
-            add_noise=self.add_noise,
-        )
 
 
 def ddim_timesteps(config: SchedulerConfig, num_inference_steps: int) -> np.ndarray:
@@ -183,14 +166,18 @@ def ddim_timesteps(config: SchedulerConfig, num_inference_steps: int) -> np.ndar
     if config.timestep_spacing == "trailing":
         step_ratio = n_train / num_inference_steps
         return np.round(np.arange(n_train, 0, -step_ratio)).astype(np.int64) - 1
-    raise ValueError(f"expected timestep_spacing 'leading', 'trailing' or 'linspace', found {config.timestep_spacing!r}")
+    raise ValueError(
+        f"expected timestep_spacing 'leading', 'trailing' or 'linspace', found {config.timestep_spacing!r}"
+    )
 
 
 def lcm_timesteps(config: SchedulerConfig, num_inference_steps: int) -> np.ndarray:
     """LCM timesteps, descending, int64: evenly spaced indices into the `original_inference_steps` schedule."""
     original = config.original_inference_steps
     if not 1 <= num_inference_steps <= original:
-        raise ValueError(f"expected 1 <= num_inference_steps <= original_inference_steps={original}, found {num_inference_steps}")
+        raise ValueError(
+            f"expected 1 <= num_inference_steps <= original_inference_steps={original}, found {num_inference_steps}"
+        )
     k = config.num_train_timesteps // original
     origin = (np.arange(1, original + 1) * k - 1)[::-1]
     indices = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
@@ -205,8 +192,13 @@ def lcm_boundary_scalings(timesteps: np.ndarray, timestep_scaling: float) -> tup
     return c_skip.astype(np.float32), c_out.astype(np.float32)
 
 
-def make_plan(config: SchedulerConfig, num_inference_steps: int) -> SamplerPlan:
-    """The per-step constants of `num_inference_steps` steps of the configured sampler."""
+def make_plan(config: SchedulerConfig, num_inference_steps: int) -> tuple[Sampler, dict[str, np.ndarray]]:
+    """The sampler and its per-step constants for `num_inference_steps` steps, to `lax.scan` over.
+
+    Constants, each [num_inference_steps]: `timesteps` int32; `alpha_t`, `alpha_prev` float32 alpha_bar at the
+    step's and at the previous timestep; for LCM `c_skip`, `c_out` float32 and `add_noise` bool (False on the
+    last step); zeros/False for DDIM.
+    """
     ac = alphas_cumprod(config)
     final = np.float32(1.0) if config.set_alpha_to_one else ac[0]
     n = num_inference_steps
@@ -222,11 +214,8 @@ def make_plan(config: SchedulerConfig, num_inference_steps: int) -> SamplerPlan:
         alpha_prev = ac[prev]
         c_skip, c_out = lcm_boundary_scalings(ts, config.timestep_scaling)
         noise = np.arange(n) != n - 1
-    return SamplerPlan(
-        kind=config.kind,
-        prediction_type=config.prediction_type,
-        clip_sample=config.clip_sample,
-        clip_sample_range=config.clip_sample_range,
+    sampler = Sampler(config.kind, config.prediction_type, config.clip_sample, config.clip_sample_range)
+    consts = dict(
         timesteps=ts.astype(np.int32),
         alpha_t=ac[ts].astype(np.float32),
         alpha_prev=alpha_prev.astype(np.float32),
@@ -234,6 +223,7 @@ def make_plan(config: SchedulerConfig, num_inference_steps: int) -> SamplerPlan:
         c_out=c_out,
         add_noise=noise,
     )
+    return sampler, consts
 
 
 def predict_original(
@@ -251,17 +241,17 @@ def predict_original(
 
 
 def ddim_step(
-    plan: SamplerPlan, model_output: jnp.ndarray, sample: jnp.ndarray, alpha_t: jnp.ndarray, alpha_prev: jnp.ndarray
+    sampler: Sampler, model_output: jnp.ndarray, sample: jnp.ndarray, alpha_t: jnp.ndarray, alpha_prev: jnp.ndarray
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """One deterministic DDIM step (eta = 0): returns (x_prev, predicted x0), each like `sample`."""
-    x0, eps = predict_original(plan.prediction_type, model_output, sample, alpha_t)
-    if plan.clip_sample:
-        x0 = jnp.clip(x0, -plan.clip_sample_range, plan.clip_sample_range)
+    x0, eps = predict_original(sampler.prediction_type, model_output, sample, alpha_t)
+    if sampler.clip_sample:
+        x0 = jnp.clip(x0, -sampler.clip_sample_range, sampler.clip_sample_range)
     return jnp.sqrt(alpha_prev) * x0 + jnp.sqrt(1 - alpha_prev) * eps, x0
 
 
 def lcm_step(
-    plan: SamplerPlan,
+    sampler: Sampler,
     model_output: jnp.ndarray,
     sample: jnp.ndarray,
     alpha_t: jnp.ndarray,
@@ -275,23 +265,23 @@ def lcm_step(
 
     Returns (x_prev, denoised); `noise` is like `sample` and ignored when `add_noise` is False.
     """
-    x0, _ = predict_original(plan.prediction_type, model_output, sample, alpha_t)
-    if plan.clip_sample:
-        x0 = jnp.clip(x0, -plan.clip_sample_range, plan.clip_sample_range)
+    x0, _ = predict_original(sampler.prediction_type, model_output, sample, alpha_t)
+    if sampler.clip_sample:
+        x0 = jnp.clip(x0, -sampler.clip_sample_range, sampler.clip_sample_range)
     denoised = c_out * x0 + c_skip * sample
     renoised = jnp.sqrt(alpha_prev) * denoised + jnp.sqrt(1 - alpha_prev) * noise
     return jnp.where(add_noise, renoised, denoised), denoised
 
 
-def step(plan: SamplerPlan, model_output: jnp.ndarray, sample: jnp.ndarray, consts: dict, noise: jnp.ndarray | None):
-    """One step of the plan's sampler with one step's constants `consts` (a slice of `plan.arrays()`).
+def step(sampler: Sampler, model_output: jnp.ndarray, sample: jnp.ndarray, consts: dict, noise: jnp.ndarray | None):
+    """One step of `sampler` with one step's constants `consts` (index i of each array from `make_plan`).
 
-    Returns (x_prev, predicted x0 or denoised sample). `noise` is used by LCM between steps only.
+    Returns (x_prev, predicted x0 (DDIM) or denoised sample (LCM)). `noise` is used by LCM between steps only.
     """
-    if plan.kind == "DDIMScheduler":
-        return ddim_step(plan, model_output, sample, consts["alpha_t"], consts["alpha_prev"])
+    if sampler.kind == "DDIMScheduler":
+        return ddim_step(sampler, model_output, sample, consts["alpha_t"], consts["alpha_prev"])
     return lcm_step(
-        plan,
+        sampler,
         model_output,
         sample,
         consts["alpha_t"],
