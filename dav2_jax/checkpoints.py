@@ -152,4 +152,4 @@ def save(model: DepthAnythingV2, params, path: str, format: str = "jax") -> None
     import torch
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)

@@ -13,12 +13,12 @@ import numpy as np
 from dav2_jax.model import HEADS
 from dav2_jax.vit import ENCODERS
 
-_BLOCK = "backbone.encoder.layer.{}."
+_BLOCK = "backbone.encoder.layer.{0}."
 _RULES = [  # (official regex, HF template); block-level rules get the block index as {0}
     (r"pretrained\.cls_token", "backbone.embeddings.cls_token"),
     (r"pretrained\.mask_token", "backbone.embeddings.mask_token"),
     (r"pretrained\.pos_embed", "backbone.embeddings.position_embeddings"),
-    (r"pretrained\.patch_embed\.proj\.(weight|bias)", "backbone.embeddings.patch_embeddings.projection.{1}"),
+    (r"pretrained\.patch_embed\.proj\.(weight|bias)", "backbone.embeddings.patch_embeddings.projection.{0}"),
     (r"pretrained\.blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)", _BLOCK + "{1}.{2}"),
     (r"pretrained\.blocks\.(\d+)\.attn\.proj\.(weight|bias)", _BLOCK + "attention.output.dense.{1}"),
     (r"pretrained\.blocks\.(\d+)\.ls1\.gamma", _BLOCK + "layer_scale1.lambda1"),
@@ -172,7 +172,8 @@ def hf_config(encoder: str, max_depth: float | None) -> dict:
         "head_in_index": -1,
         "patch_size": 14,
         "depth_estimation_type": "relative" if max_depth is None else "metric",
-        "max_depth": 1 if max_depth is None else max_depth,
+        # transformers validates max_depth as an int
+        "max_depth": 1 if max_depth is None else (int(max_depth) if float(max_depth).is_integer() else max_depth),
     }
 
 
