@@ -1,0 +1,1 @@
+"""The shared runtime (training loop, sharding, checkpoints, data, evaluation) and the command-line entry points."""
