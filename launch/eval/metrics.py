@@ -12,6 +12,10 @@ DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "d
 NORMALS_METRICS = ("mean", "median", "rmse", "within_11_25", "within_22_5", "within_30")
 
 
+class EmptyMask(ValueError):
+    """An image has no pixel to score (its ground truth lies outside the caps or the crop): skip it, not fail."""
+
+
 def _valid(pred, gt, mask):
     pred = np.asarray(pred, np.float64)
     gt = np.asarray(gt, np.float64)
@@ -21,7 +25,7 @@ def _valid(pred, gt, mask):
             f"expected prediction, ground truth and mask of one shape, got {pred.shape}, {gt.shape}, {mask.shape}"
         )
     if not mask.any():
-        raise ValueError("the mask selects no pixel: nothing to score (check the crop and the depth caps)")
+        raise EmptyMask("the mask selects no pixel: nothing to score (check the crop and the depth caps)")
     return pred[mask], gt[mask]
 
 
@@ -84,7 +88,7 @@ def angular_errors(pred, gt, mask):
             f"expected normals [H, W, 3] and a mask [H, W], got {pred.shape}, {gt.shape} and {mask.shape}"
         )
     if not mask.any():
-        raise ValueError("the mask selects no pixel: nothing to score")
+        raise EmptyMask("the mask selects no pixel: nothing to score")
     p, g = pred[mask], gt[mask]
     cosine = (p * g).sum(-1) / np.maximum(np.linalg.norm(p, axis=-1) * np.linalg.norm(g, axis=-1), 1e-12)
     return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))

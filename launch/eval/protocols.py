@@ -141,7 +141,7 @@ def score_depth(pred, gt_depth, mask, kind, spec):
     """
     valid = valid_mask(gt_depth, mask, spec)
     if not valid.any():
-        raise ValueError("no pixel of this image is valid under the protocol (ground truth outside the depth caps "
-                         "or the crop)")
+        raise metrics.EmptyMask("no pixel of this image is valid under the protocol (ground truth outside the depth "
+                                "caps or the crop)")
     depth = predicted_depth(pred, gt_depth, valid, kind, spec)
     return {**metrics.depth_metrics(depth, gt_depth, valid), "valid_pixels": int(valid.sum())}
