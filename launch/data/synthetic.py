@@ -39,11 +39,14 @@ def colorize_depth(depth, valid):
     return rgb
 
 
-def sample_grid(seed=0, columns=8, height=120, width=160, kind="mixed"):
-    """A uint8 [4 * H, columns * W, 3] grid: rows image, depth (colour-mapped), normals, albedo (gamma-encoded)."""
+def sample_grid(seed=0, columns=8, height=120, width=160):
+    """A uint8 [4 * H, columns * W, 3] grid: rows image, depth (colour-mapped), normals, albedo (gamma-encoded).
+
+    Column i shows `generate(seed, i, height, width, kind)`, kind alternating indoor (even i) and outdoor (odd i).
+    """
     rows = [[], [], [], []]
     for i in range(columns):
-        s = generate(seed, i, height, width, kind)
+        s = generate(seed, i, height, width, ("indoor", "outdoor")[i % 2])
         rows[0].append(s["image"])
         rows[1].append(colorize_depth(s["depth"], s["valid"]))
         rows[2].append(np.where(s["valid"][..., None], (s["normals"] + 1) * 127.5, 0).round().astype(np.uint8))

@@ -6,7 +6,6 @@ component whose frequency approaches the pixel rate fades to its mean instead of
 mip-mapping. Albedo is linear reflectance in [0, 1].
 """
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,11 +40,10 @@ _CORNERS = np.array([dx * _STRIDES[0] + dy * _STRIDES[1] + dz * _STRIDES[2]
                      for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)])[:, None]
 
 
-@functools.lru_cache(maxsize=4096)
 def _offsets(seed):
-    """Per-seed offsets into the lattice: 3 floats in [0, 32) and 3 integers in [0, 32)."""
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0, _N, (3, 1)), rng.integers(0, _N, 3)
+    """Per-seed offsets into the lattice: 3 floats in [0, 32) (a low-discrepancy sequence) and 3 integers."""
+    floats = (seed * np.array([0.6180339887, 0.7548776662, 0.5698402910]) % 1.0 * _N)[:, None]
+    return floats, seed * np.array([7919, 104729, 1299709]) % _N
 
 
 def value_noise(p, seed):
@@ -223,9 +221,10 @@ def random_material(rng, role):
             pal = np.concatenate([palette(rng, sat=(0.0, 0.2), val=(0.35, 0.7), n=2),
                                   palette(rng, sat=(0.0, 0.1), val=(0.2, 0.3), n=1)])
             return Material(str(rng.choice(["tiles", "bricks"])), pal, rng.uniform(0.2, 0.5), angle, 0.3, seed)
-        hue, sat, val = {"grass": (0.25, (0.4, 0.8), (0.2, 0.55)), "sand": (0.1, (0.2, 0.5), (0.5, 0.85)),
+        hue, sat, val = {"grass": (0.25, (0.35, 0.65), (0.2, 0.5)), "sand": (0.1, (0.2, 0.45), (0.5, 0.8)),
                          "gravel": (0.08, (0.0, 0.15), (0.25, 0.7))}[str(kind)]
-        return Material("noise", palette(rng, hue=hue, sat=sat, val=val, n=4), rng.uniform(0.3, 1.5), 0.0, 0.4, seed)
+        pal = palette(rng, hue=hue + rng.normal(0, 0.02), sat=sat, val=val, n=4, spread=0.03)
+        return Material("noise", pal, rng.uniform(0.3, 1.5), 0.0, 0.4, seed)
     if role == "road":
         pal = palette(rng, sat=(0.0, 0.08), val=(0.3, 0.5), n=3)
         return Material("noise", pal, rng.uniform(0.2, 0.6), 0.0, 0.3, seed)
@@ -237,13 +236,13 @@ def random_material(rng, role):
         pal = palette(rng, sat=(0.0, 0.45), val=(0.35, 0.9), n=3)
         return Material(str(kind), pal, rng.uniform(0.3, 1.5), 0.0, 0.3, seed)
     if role == "foliage":
-        pal = palette(rng, hue=rng.uniform(0.2, 0.38), sat=(0.4, 0.9), val=(0.15, 0.6), n=4)
+        pal = palette(rng, hue=rng.uniform(0.2, 0.38), sat=(0.35, 0.8), val=(0.15, 0.55), n=4, spread=0.04)
         return Material("noise", pal, rng.uniform(0.3, 0.8), 0.0, 0.3, seed)
     if role == "trunk":
-        pal = palette(rng, hue=rng.uniform(0.05, 0.1), sat=(0.3, 0.6), val=(0.15, 0.4), n=3)
+        pal = palette(rng, hue=rng.uniform(0.05, 0.1), sat=(0.3, 0.6), val=(0.15, 0.4), n=3, spread=0.02)
         return Material("wood", pal, rng.uniform(0.3, 0.6), 0.0, 0.2, seed)
     if role == "rock":
-        pal = palette(rng, hue=rng.uniform(0.05, 0.15), sat=(0.0, 0.25), val=(0.3, 0.7), n=4)
+        pal = palette(rng, hue=rng.uniform(0.05, 0.15), sat=(0.0, 0.25), val=(0.3, 0.7), n=4, spread=0.03)
         return Material("noise", pal, rng.uniform(0.2, 0.6), 0.0, 0.3, seed)
     if role == "object":
         kind = str(rng.choice(PATTERNS))
