@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from launch.data import raycast, synthetic
+from launch.data import raycast, scenes, synthetic
 from launch.data.raycast import Camera, Light, Scene, Shape, look_at
 from launch.data.sources import SyntheticScenes
 from launch.data.textures import Material
@@ -76,7 +76,7 @@ def test_normals_are_unit_length_and_face_the_camera_in_random_scenes():
     for index, kind in [(0, "indoor"), (1, "indoor"), (2, "outdoor"), (3, "outdoor")]:
         s = synthetic.generate(11, index, 48, 64, kind)
         rng = np.random.default_rng([11, index])
-        _, cam = synthetic.scenes.random_scene(rng, kind)
+        _, cam = scenes.random_scene(rng, kind)
         d_cam, _ = _rays(cam, 48, 64)
         view = d_cam * np.array([1.0, -1.0, -1.0])  # viewing rays in the Marigold frame
         v, n = s["valid"], s["normals"]

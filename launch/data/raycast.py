@@ -15,8 +15,7 @@ import numpy as np
 from launch.data import textures
 
 T_MIN = 1e-4  # metres: hits closer than this along a ray are ignored (shadow-ray self-intersection guard)
-KINDS = ("box", "ellipsoid", "cylinder", "plane", "room")
-_UV_AXES = ((2, 1), (0, 2), (0, 1))  # surface coordinates of a face normal to x, y, z: (horizontal, vertical)
+SHAPE_KINDS = ("box", "ellipsoid", "cylinder", "plane", "room")
 
 
 @dataclass(frozen=True)
@@ -100,13 +99,13 @@ def look_at(position, target, roll=0.0):
 
 
 def camera_rays(camera, height, width):
-    """Ray directions [3, H, W]: camera space with z = 1, and the same rays in world space."""
+    """World-space ray directions [3, H, W] of the pixel centres; in camera space they are (x, y, 1)."""
     f = focal_px(camera, width)
     x = (np.arange(width) + 0.5 - 0.5 * width) / f
     y = (np.arange(height) + 0.5 - 0.5 * height) / f
     d_cam = np.stack([np.broadcast_to(x[None, :], (height, width)), np.broadcast_to(y[:, None], (height, width)),
                       np.ones((height, width))])
-    return d_cam, _apply(camera.rotation, d_cam)
+    return _apply(camera.rotation, d_cam)
 
 
 def _apply(m, v):
@@ -175,11 +174,12 @@ def intersect(shape, o, d):
             x, z = o[0] + t * d[0], o[2] + t * d[2]
             hit = (t > T_MIN) & (np.abs(x) <= shape.size[0]) & (np.abs(z) <= shape.size[2])
             return np.where(hit, t, np.inf), zeros
-    raise ValueError(f"unknown shape kind {shape.kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown shape kind {shape.kind!r}; expected one of {SHAPE_KINDS}")
 
 
 def surface(shape, p, part):
-    """Local outward (room: inward) unit normals [3, N] and surface coordinates uv [2, N] (metres) at points p [3, N]."""
+    """Local unit normals [3, N] (outward; a room's point inward) and surface coordinates uv [2, N] (metres)
+    at local points p [3, N]. Box and room faces use (horizontal, vertical) coordinates on walls."""
     n = np.zeros_like(p)
     if shape.kind in ("box", "room"):
         axis, positive = part // 2, part % 2 == 1
@@ -303,7 +303,7 @@ def render(scene, camera, height, width, exposure=True):
     exposure: scale the shading so that the 90th percentile of valid linear luminance maps to 0.8 after gamma (the
     Hypersim tone-mapping rule), as a camera's auto-exposure would.
     """
-    d_cam, d_img = camera_rays(camera, height, width)
+    d_img = camera_rays(camera, height, width)
     t_img, index_img, part_img = cast(scene, camera, d_img)
     t_img[t_img > scene.far] = np.inf
     valid = np.isfinite(t_img).ravel()
