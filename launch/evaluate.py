@@ -11,11 +11,8 @@ import argparse
 import json
 import math
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from launch.eval import datasets, predictors, protocols, run  # noqa: E402
+from launch.eval import datasets, predictors, protocols, run
 
 
 def parse_args(argv=None):

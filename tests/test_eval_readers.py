@@ -29,7 +29,7 @@ def _write_png16(path, values):
 
 
 def test_nyu_official_test_split_indices():
-    idx = nyu.test_indices()
+    idx = nyu.TEST_INDICES
     assert len(idx) == 654 == len(set(idx)) and list(idx) == sorted(idx)
     assert idx[:10] == (1, 2, 9, 14, 15, 16, 17, 18, 21, 28) and idx[-1] == 1449
 

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from launch.eval.samples import PairsSample, read_rgb, require_dir
+from launch.eval.samples import PairsSample, require_dir
+from launch.images import read_rgb
 
 ANNOTATIONS = "annotations.json"
 

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from launch.eval.samples import DepthSample, NormalsSample, read_rgb, read_split, require_dir
+from launch.eval.samples import DepthSample, NormalsSample, read_split, require_dir
+from launch.images import read_rgb
 
 SUBSETS = ("indoors", "outdoor")
 

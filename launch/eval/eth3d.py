@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from launch.eval.samples import DepthSample, default_split, read_rgb, read_split, require_dir
+from launch.eval.samples import DepthSample, default_split, read_split, require_dir
+from launch.images import read_rgb
 
 SPLIT_FILE = "eth3d_filename_list.txt"
 

@@ -5,7 +5,8 @@ import os
 import numpy as np
 
 from launch.eval import protocols
-from launch.eval.samples import DepthSample, default_split, read_png16, read_rgb, read_split, require_dir
+from launch.eval.samples import DepthSample, default_split, read_png16, read_split, require_dir
+from launch.images import read_rgb
 
 SPLIT_FILE = "eigen_test_files_with_gt.txt"
 

@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from launch.eval.samples import NormalsSample, default_split, read_rgb, read_split, require_dir
+from launch.eval.samples import NormalsSample, default_split, read_split, require_dir
+from launch.images import read_rgb
 
 SPLIT_FILES = {"nyu": "nyuv2_test.txt", "scannet": "scannet_test.txt", "ibims": "ibims_test.txt",
                "sintel": "sintel_filtered.txt"}

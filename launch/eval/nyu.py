@@ -1,24 +1,14 @@
 """NYU Depth V2 readers: the labelled `.mat` (official 654-image test split) and TFDS `nyu_depth_v2`."""
 
-import functools
 import os
 
 import numpy as np
 
+from launch.eval.nyu_split import TEST_INDICES
 from launch.eval.samples import DepthSample
 
 LABELLED_FILE = "nyu_depth_v2_labeled.mat"
 NUM_LABELLED = 1449
-# 1-based indices of the official test split (`testNdxs` of the dataset's splits.mat); the same 654 frames as
-# Marigold's data_split/nyu_depth/labeled/filename_list_test.txt
-TEST_INDICES_FILE = os.path.join(os.path.dirname(__file__), "nyu_test_indices.txt")
-
-
-@functools.cache
-def test_indices():
-    """The official NYUv2 test split: 654 sorted 1-based indices into the 1449 labelled frames."""
-    with open(TEST_INDICES_FILE) as f:
-        return tuple(int(line) for line in f if line.strip())
 
 
 class NyuLabelled:
@@ -40,7 +30,7 @@ class NyuLabelled:
         if depth_key not in ("depths", "rawDepths"):
             raise ValueError(f"depth_key must be 'depths' or 'rawDepths', got {depth_key!r}")
         split = split or "test"
-        test = test_indices()
+        test = TEST_INDICES
         if split == "test":
             self.indices = test
         elif split == "train":

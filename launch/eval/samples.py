@@ -40,12 +40,6 @@ class PairsSample:
     pairs: np.ndarray
 
 
-def read_rgb(path):
-    """An image file as [H, W, 3] uint8 RGB (grey and RGBA files are converted)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def read_png16(path):
     """A 16-bit single-channel PNG as [H, W] uint16 (KITTI, ScanNet and NYU-style depth maps)."""
     with Image.open(path) as image:

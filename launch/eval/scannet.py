@@ -5,7 +5,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from launch.eval.samples import DepthSample, default_split, read_png16, read_rgb, read_split, require_dir
+from launch.eval.samples import DepthSample, default_split, read_png16, read_split, require_dir
+from launch.images import read_rgb
 
 SPLIT_FILE = "scannet_val_sampled_list_800_1.txt"
 

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from launch.eval.samples import DepthSample, read_rgb, require_dir
+from launch.eval.samples import DepthSample, require_dir
+from launch.images import read_rgb
 
 DPT_TAG = 202021.25
 PASSES = ("final", "clean")
