@@ -314,6 +314,8 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
             if hasattr(task, "warm_start"):
                 frozen = jax.device_put(task.warm_start(state.params, frozen)[1], setup.frozen_shardings)
         start = int(state.step)
+        log.info("%s at step %d of %d; metrics in %s", "resuming" if latest else "starting", start,
+                 config.total_steps, workdir / "metrics.jsonl")
         metrics_log = MetricsLog(workdir / "metrics.jsonl", start)
         if evaluate is not None and config.eval_every and latest is None:
             metrics_log.write({"step": 0, **evaluate(_eval_params(state), frozen, put_batch)})

@@ -6,9 +6,9 @@
 
 import json
 import math
+import time
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,21 +17,31 @@ import optax
 import pytest
 
 from launch import loop
+from launch.data import pipeline
+from launch.data.sources import BadSample
 
 FEATURES = 8
 
 
 class ToySource:
-    """`num_samples` samples {"x": [8] float32, "y": float32, "index": int}, a fixed function of the index."""
+    """`num_samples` samples {"x": [8] float32, "y": float32, "index": int}, a fixed function of the index.
 
-    def __init__(self, num_samples=64, seed=0):
+    bad_every: indices divisible by it raise `BadSample`; delay: seconds each read takes (to slow a run down).
+    """
+
+    def __init__(self, num_samples=64, seed=0, bad_every=0, delay=0.0):
         self.num_samples = num_samples
         self.seed = seed
+        self.bad_every = bad_every
+        self.delay = delay
 
     def __len__(self):
         return self.num_samples
 
     def __getitem__(self, index):
+        time.sleep(self.delay)
+        if self.bad_every and index % self.bad_every == 0:
+            raise BadSample(f"toy/{self.seed}/{index}.npy", "corrupt file")
         x = np.random.default_rng((self.seed, index)).normal(size=FEATURES).astype(np.float32)
         return {"x": x, "y": np.float32(np.sin(x.sum())), "index": index}
 
@@ -105,7 +115,7 @@ def toy_config(**overrides):
     )
     c.data = ml_collections.ConfigDict(
         dict(
-            sources={"toy": dict(reader="test_loop:ToySource", weight=1.0, num_samples=40, seed=0)},
+            sources={"toy": dict(reader="test_loop:ToySource", weight=1.0, num_samples=40, seed=0, delay=0.0)},
             worker_count=0, read_threads=0, read_buffer=4, max_bad_fraction=0.01,
         )
     )
@@ -119,9 +129,8 @@ def toy_config(**overrides):
 
 
 def toy_iterator(task, batch_size, num_samples=40, seed=0):
-    ds = grain.MapDataset.source(ToySource(num_samples)).shuffle(seed=seed).repeat()
-    ds = ds.map_with_index(lambda i, s: task.prepare(s, np.random.default_rng((seed, i))))
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)).batch(batch_size, drop_remainder=True))
+    dataset = pipeline.mixture([ToySource(num_samples)], [1.0], seed)
+    return pipeline.train_iterator(dataset, task.prepare, seed, batch_size, read_threads=0)
 
 
 def _batch(task, size=8):

@@ -1,0 +1,144 @@
+"""Grain pipelines: random-access sources → shuffle → repeat → mixture → shard by process → `prepare` → batch → prefetch.
+
+Determinism: the order of samples is a function of (`seed`, the sources, their weights, `worker_count`); each
+example's augmentation draws from `np.random.default_rng((seed, position))`, where `position` is its place in the
+global stream, so it does not depend on the number of hosts. The iterator is a Grain `DatasetIterator`, whose state
+(`get_state()`) the checkpoint stores, so a resumed run continues with exactly the next unseen sample.
+"""
+
+import logging
+
+import grain
+import jax
+import numpy as np
+
+from launch.data.sources import BadSample
+
+log = logging.getLogger(__name__)
+
+
+class GuardedSource:
+    """A random-access source whose unusable samples (`BadSample`) become None, which Grain drops.
+
+    Each bad sample is logged with its name. Beyond `max_bad_fraction` of the samples read by this process
+    (checked once `min(len(source), 100)` have been read) the run stops: too many bad files mean a wrong path or
+    a broken copy of the data, not noise.
+    """
+
+    def __init__(self, source, max_bad_fraction, label):
+        self.source = source
+        self.max_bad_fraction = max_bad_fraction
+        self.label = label
+        self.read = 0
+        self.bad = 0
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        self.read += 1
+        try:
+            return self.source[index]
+        except BadSample as err:
+            self.bad += 1
+            log.warning("%s: skipped bad sample %s (%s bad of %d read)", self.label, err, self.bad, self.read)
+            if self.read >= min(len(self.source), 100) and self.bad > self.max_bad_fraction * self.read:
+                raise RuntimeError(
+                    f"{self.label}: {self.bad} of {self.read} samples read were unusable, more than "
+                    f"data.max_bad_fraction={self.max_bad_fraction}; last one: {err}. Check the dataset path and "
+                    "files, or raise --config.data.max_bad_fraction"
+                ) from err
+            return None
+
+
+def mixture(sources, weights, seed, max_bad_fraction=0.01, labels=None):
+    """An endless MapDataset drawing from `sources` in proportion to `weights`.
+
+    Each source is shuffled with its own seed and reshuffled every epoch, so within an epoch of a source every
+    sample appears exactly once.
+    """
+    if len(sources) != len(weights):
+        raise ValueError(f"got {len(sources)} sources but {len(weights)} weights; give one weight per source")
+    labels = labels or [f"source {i}" for i in range(len(sources))]
+    parts = [
+        grain.MapDataset.source(GuardedSource(src, max_bad_fraction, label)).shuffle(seed=seed + i).repeat()
+        for i, (src, label) in enumerate(zip(sources, labels))
+    ]
+    return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+
+
+class _Prepare:
+    """Apply `prepare(sample, rng)` with an rng derived from the seed and the sample's global stream position."""
+
+    def __init__(self, prepare, seed, process_index, process_count):
+        self.prepare = prepare
+        self.seed = seed
+        self.process_index = process_index
+        self.process_count = process_count
+
+    def __call__(self, local_index, sample):
+        if sample is None:
+            return None
+        position = local_index * self.process_count + self.process_index
+        return self.prepare(sample, np.random.default_rng((self.seed, position)))
+
+
+def train_iterator(
+    dataset, prepare, seed, global_batch_size, worker_count=0, read_threads=2, read_buffer=16
+):
+    """Checkpointable iterator over this process's share of each global batch (dicts of stacked numpy arrays).
+
+    dataset: an endless MapDataset (see `mixture`); prepare: `(sample, np.random.Generator) -> example dict`.
+    worker_count > 0 runs the reading and `prepare` in that many worker processes.
+    """
+    process_index, process_count = jax.process_index(), jax.process_count()
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"batch_size {global_batch_size} must be a multiple of the number of processes ({process_count})"
+        )
+    ds = dataset[process_index::process_count]
+    ds = ds.map_with_index(_Prepare(prepare, seed, process_index, process_count))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer))
+    ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+    if worker_count > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(ds)
+
+
+def example_batch(source, prepare):
+    """One prepared example with a leading batch axis of 1: shapes and dtypes for initialising a model."""
+    for index in range(len(source)):
+        try:
+            sample = source[index]
+        except BadSample:
+            continue
+        return {k: np.asarray(v)[None] for k, v in prepare(sample, np.random.default_rng(0)).items()}
+    raise ValueError(f"no usable sample in {source!r}: every sample raised BadSample")
+
+
+def eval_batches(source, prepare, global_batch_size, num_samples=None):
+    """This process's share of the held-out set as a list of batches, prepared deterministically (`rng=None`).
+
+    Takes the first `num_samples` usable samples (all when None); a last incomplete global batch is dropped.
+    """
+    process_index, process_count = jax.process_index(), jax.process_count()
+    examples = []
+    for index in range(len(source)):
+        if num_samples is not None and len(examples) == num_samples:
+            break
+        try:
+            examples.append(prepare(source[index], None))
+        except BadSample as err:
+            log.warning("held-out set: skipped bad sample %s", err)
+    usable = len(examples) - len(examples) % global_batch_size
+    if usable == 0:
+        raise ValueError(
+            f"the held-out set has {len(examples)} usable samples, fewer than one batch of {global_batch_size}; "
+            "lower --config.eval.batch_size or add samples"
+        )
+    local = global_batch_size // process_count
+    batches = []
+    for start in range(0, usable, global_batch_size):
+        part = examples[start + process_index * local : start + (process_index + 1) * local]
+        batches.append({k: np.stack([np.asarray(e[k]) for e in part]) for k in part[0]})
+    return batches

@@ -1,0 +1,69 @@
+"""Train any registered task from an ml_collections config; the same command on one CPU and on a TPU pod.
+
+    python launch/train.py --config configs/NAME.py --workdir DIR [--config.a.b=value ...] [--stop_after_steps N]
+
+Writes DIR/metrics.jsonl and DIR/checkpoints/STEP/. Running the same command again in the same DIR resumes from
+the newest checkpoint (train state, data iterator position and all), exactly where the run stopped.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from launch import loop, mesh, tasks  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file (a get_config() Python file)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: metrics.jsonl and checkpoints/; resumes if present")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after_steps", None, "end this invocation after N steps with a checkpoint (the schedule is unchanged)"
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+REQUIRED = (
+    "task", "seed", "total_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "sharding",
+)
+
+
+def check_config(config):
+    """Raise ValueError naming any mandatory field the config lacks."""
+    missing = []
+    for path in REQUIRED:
+        node = config
+        for part in path.split("."):
+            if part not in node:
+                missing.append(path)
+                break
+            node = node[part]
+    if missing:
+        raise ValueError(f"the config lacks the mandatory fields {missing}; every training config defines them")
+
+
+def run(config, workdir, stop_after_steps=None):
+    """Build task, data and evaluation from `config` and train; returns the loop's (state, frozen)."""
+    check_config(config)
+    task = tasks.build_task(config)
+    iterator, example = tasks.build_train_data(config, task)
+    evaluate = tasks.build_evaluate(config, task)
+    try:
+        return loop.train(config, task, iterator, example, workdir, evaluate, stop_after_steps)
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --config, --workdir, --stop_after_steps")
+    logging.getLogger("launch").setLevel(logging.INFO)
+    mesh.initialize_distributed()
+    run(_CONFIG.value, _WORKDIR.value, _STOP_AFTER.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
