@@ -127,3 +127,26 @@ def test_images_without_valid_pixels_are_skipped_and_reported(tmp_path, monkeypa
         evaluate.main(["--model", str(tmp_path), "--dataset", "motorcycle", "--output", str(tmp_path / "r.json")])
     log = [json.loads(line) for line in (tmp_path / "r.per_image.jsonl").read_text().splitlines()]
     assert "no pixel" in log[1]["skipped"]
+
+
+def test_resume_scores_only_missing_images_and_survives_a_cut_line(tmp_path, monkeypatch):
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((2, 3, 3), ord(name), np.uint8)).save(tmp_path / f"{name}_img.png")
+        np.save(tmp_path / f"{name}_normal.npy", np.tile(np.float32([0, 0, 1]), (2, 3, 1)))
+    seen = []
+
+    def normals(rgb):
+        seen.append(chr(rgb[0, 0, 0]))
+        return np.tile(np.float32([0, 0, 1]), (2, 3, 1))
+
+    _oracle(monkeypatch, "normals", normals)
+    args = ["--model", str(tmp_path), "--dataset", "nyu_normals", "--data-dir", str(tmp_path),
+            "--output", str(tmp_path / "n.json")]
+    evaluate.main(args + ["--limit", "1"])
+    with open(tmp_path / "n.per_image.jsonl", "a") as f:
+        f.write('{"index": 1, "name": "b_im')  # killed while writing the second image
+    evaluate.main(args)
+    assert seen == ["a", "b", "c"]
+    log = [json.loads(line) for line in (tmp_path / "n.per_image.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in log[1:]] == [0, 1, 2]
+    assert len(json.loads((tmp_path / "n.json").read_text())["per_image"]) == 3

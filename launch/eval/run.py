@@ -42,17 +42,28 @@ def summarize(task, records):
 
 
 def _read_log(path, run):
-    """Records already in the per-image log of this `run` ({} if none); refuses a log of another run."""
+    """Records already in the per-image log of this `run` ({} if none); refuses a log of another run.
+
+    A last line cut short (the process killed while writing it) is dropped: that image is scored again.
+    """
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    if not lines:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    parsed = []
+    for number, line in enumerate(lines):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines) - 1:
+                raise ValueError(f"{path}:{number + 1} is not JSON: the per-image log is damaged; delete it to "
+                                 "start afresh") from None
+    if not parsed:
         return {}
-    if lines[0].get("run") != run:
-        raise ValueError(f"{path} holds results of another run ({lines[0].get('run')}); expected {run}. Delete it or "
+    if parsed[0].get("run") != run:
+        raise ValueError(f"{path} holds results of another run ({parsed[0].get('run')}); expected {run}. Delete it or "
                          "choose another --output to start afresh")
-    return {r["index"]: r for r in lines[1:]}
+    return {r["index"]: r for r in parsed[1:]}
 
 
 def evaluate(predictor, reader, spec, run, log_path, limit=None):
@@ -61,13 +72,16 @@ def evaluate(predictor, reader, spec, run, log_path, limit=None):
     spec: the `protocols.DepthSpec` for depth benchmarks (None otherwise); run: JSON-able identity of the run.
     Returns (records sorted by index, summary dict).
     """
+    run = json.loads(json.dumps(run))
     done = _read_log(log_path, run)
     total = len(reader) if limit is None else min(limit, len(reader))
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    # rewrite what is kept (dropping a cut-short line) atomically, then append
+    with open(log_path + ".tmp", "w") as log:
+        for line in [{"run": run}, *(done[i] for i in sorted(done))]:
+            log.write(json.dumps(line) + "\n")
+    os.replace(log_path + ".tmp", log_path)
     with open(log_path, "a") as log:
-        if not done:
-            log.truncate(0)
-            log.write(json.dumps({"run": run}) + "\n")
         todo = [i for i in range(total) if i not in done]
         for i in tqdm(todo, total=total, initial=total - len(todo), desc=f"evaluating {run['dataset']}", unit="img"):
             sample = reader[i]
