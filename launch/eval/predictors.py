@@ -5,20 +5,18 @@ A predictor has `kind` ("disparity", "depth", "metric" or "normals": what its ou
 `predict(rgb [H, W, 3] uint8) -> [H, W] float32` (or [H, W, 3] for normals).
 """
 
-import json
 import os
 
 import numpy as np
 
-# Marigold's evaluation scripts (script/depth/eval/*_infer_*.sh, script/normals/eval/*_infer_*.sh):
-# processing resolution per benchmark (0 = native), 1 denoising step for depth, 4 for normals
+# Marigold's evaluation scripts (script/depth/eval/*_infer_*.sh, script/normals/eval/*_infer_*.sh): processing
+# resolution per benchmark (0 = native) and seed; denoising steps default to the checkpoint's own
+# (v1.1: the scripts' 1 for depth, 4 for normals; the v1.0 paper used 50: pass --steps 50)
 MARIGOLD_PROCESSING_RESOLUTION = {
     "depth": {"eth3d": 756, "diode": 640},
     "normals": {"nyu": 640, "scannet": 640, "ibims": 640, "diode": 768},
 }
-MARIGOLD_STEPS = {"depth": 1, "normals": 4}
 MARIGOLD_SEED = 1234
-MARIGOLD_TASKS = {"MarigoldDepthPipeline": "depth", "MarigoldNormalsPipeline": "normals"}
 
 
 class Dav2Predictor:
@@ -40,34 +38,26 @@ class Dav2Predictor:
         return np.asarray(dav2_jax.infer_image(self.model, self.params, rgb, input_size=self.input_size), np.float32)
 
 
-def marigold_task(path):
-    """"depth" or "normals" from a diffusers folder's model_index.json; None when `path` is not such a folder."""
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        return None
-    with open(index) as f:
-        name = json.load(f).get("_class_name")
-    if name not in MARIGOLD_TASKS:
-        raise ValueError(f"{index}: pipeline {name!r} cannot be evaluated here; expected one of {sorted(MARIGOLD_TASKS)}")
-    return MARIGOLD_TASKS[name]
-
-
 class MarigoldPredictor:
     """A Marigold depth or normals pipeline through `marigold_jax.load` (affine-invariant depth in [0, 1] or unit
     normals), predicting at the input resolution (`match_input_resolution=True`)."""
 
     family = "marigold"
 
-    def __init__(self, path, task, dataset_family, steps=None, ensemble=1, processing_resolution=None, seed=None):
+    def __init__(self, path, dataset_family, steps=None, ensemble=1, processing_resolution=None, seed=None):
         import marigold_jax
 
         self.pipeline = marigold_jax.load(path)
-        self.task = task
-        self.kind = "depth" if task == "depth" else "normals"
+        task = self.task = self.pipeline.modality
+        if task not in MARIGOLD_PROCESSING_RESOLUTION:
+            raise ValueError(f"{path} is a Marigold {task} checkpoint: only depth and normals have benchmarks here")
+        self.kind = task
         if processing_resolution is None:
             processing_resolution = MARIGOLD_PROCESSING_RESOLUTION[task].get(dataset_family, 0)
+        if steps is None:
+            steps = self.pipeline.model_index.get("default_denoising_steps")
         self.settings = {
-            "num_inference_steps": MARIGOLD_STEPS[task] if steps is None else steps,
+            "num_inference_steps": steps,
             "ensemble_size": ensemble,
             "processing_resolution": processing_resolution,
             "seed": MARIGOLD_SEED if seed is None else seed,
@@ -85,13 +75,12 @@ def model_family(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--model {path!r} does not exist: expected a Depth Anything V2 checkpoint (.pth, "
                                 "transformers or dav2_jax folder) or a Marigold diffusers folder")
-    return "marigold" if os.path.isdir(path) and marigold_task(path) is not None else "dav2"
+    return "marigold" if os.path.isfile(os.path.join(path, "model_index.json")) else "dav2"
 
 
 def load_predictor(path, dataset_family, input_size=518, steps=None, ensemble=1, processing_resolution=None,
                    seed=None):
     """The predictor for checkpoint `path`: a diffusers Marigold folder, else anything `dav2_jax.load` reads."""
     if model_family(path) == "marigold":
-        task = marigold_task(path)
-        return MarigoldPredictor(path, task, dataset_family, steps, ensemble, processing_resolution, seed)
+        return MarigoldPredictor(path, dataset_family, steps, ensemble, processing_resolution, seed)
     return Dav2Predictor(path, input_size)
