@@ -84,7 +84,7 @@ def _gradient_term(residual, mask):
 
 
 def _gradient_matching(residual, mask, scales):
-    """Multi-scale gradient matching on a residual R = d̂ − d̂*: Σ_k over stride-2^k subsamplings, per image [B]."""
+    """Multi-scale gradient matching of a residual R = d̂ − d̂*: Σ_k over stride-2^k subsamplings; [B]."""
     total = jnp.zeros(residual.shape[0], jnp.float32)
     for k in range(scales):
         step = 2**k

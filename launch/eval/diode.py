@@ -72,5 +72,7 @@ class DiodeNormals:
         rgb = read_rgb(os.path.join(self.root, rgb_path))
         normals = np.load(os.path.join(self.root, normals_path)).astype(np.float32)
         if normals.shape != (*rgb.shape[:2], 3):
-            raise ValueError(f"{normals_path}: expected normals [{rgb.shape[0]}, {rgb.shape[1]}, 3], got {normals.shape}")
+            raise ValueError(
+                f"{normals_path}: expected normals [{rgb.shape[0]}, {rgb.shape[1]}, 3], got {normals.shape}"
+            )
         return NormalsSample(os.path.splitext(rgb_path)[0], rgb, normals, np.linalg.norm(normals, axis=-1) > 0)

@@ -26,9 +26,11 @@ def read_depth(path, shape):
 
 
 def discover(root):
-    """(rgb, depth) pairs of the official layout: `SCENE/images/dslr_images/X.JPG`, `SCENE/ground_truth_depth/dslr_images/X.JPG`."""
+    """(rgb, depth) pairs of the official layout: `SCENE/images/dslr_images/X.JPG` beside
+    `SCENE/ground_truth_depth/dslr_images/X.JPG`."""
     rows = []
-    for depth in sorted(glob.glob(os.path.join(root, "**", "ground_truth_depth", "dslr_images", "*.JPG"), recursive=True)):
+    pattern = os.path.join(root, "**", "ground_truth_depth", "dslr_images", "*.JPG")
+    for depth in sorted(glob.glob(pattern, recursive=True)):
         scene = os.path.dirname(os.path.dirname(os.path.dirname(depth)))
         rgb = os.path.join(scene, "images", "dslr_images", os.path.basename(depth))
         if os.path.isfile(rgb):

@@ -53,7 +53,9 @@ class MarigoldNormals:
         rgb = read_rgb(os.path.join(self.root, rgb_path))
         normals = np.load(os.path.join(self.root, normals_path)).astype(np.float32)
         if normals.shape != (*rgb.shape[:2], 3):
-            raise ValueError(f"{normals_path}: expected normals [{rgb.shape[0]}, {rgb.shape[1]}, 3], got {normals.shape}")
+            raise ValueError(
+                f"{normals_path}: expected normals [{rgb.shape[0]}, {rgb.shape[1]}, 3], got {normals.shape}"
+            )
         if self.family == "sintel":
             sky = np.linalg.norm(normals, axis=-1) <= 0.1
             normals[sky] = (0.0, 0.0, 1.0)

@@ -64,7 +64,9 @@ def depth_spec(protocol, family):
     if protocol not in DEPTH_SPECS:
         raise ValueError(f"unknown protocol {protocol!r}: expected one of {PROTOCOLS}")
     if family not in DEPTH_SPECS[protocol]:
-        raise ValueError(f"no depth protocol for dataset family {family!r}: expected one of {sorted(DEPTH_SPECS[protocol])}")
+        raise ValueError(
+            f"no depth protocol for dataset family {family!r}: expected one of {sorted(DEPTH_SPECS[protocol])}"
+        )
     return DEPTH_SPECS[protocol][family]
 
 
