@@ -7,15 +7,11 @@ the newest checkpoint (train state, data iterator position and all), exactly whe
 """
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from launch import loop, mesh, tasks  # noqa: E402
+from launch import loop, mesh, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file (a get_config() Python file)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: metrics.jsonl and checkpoints/; resumes if present")
