@@ -125,3 +125,186 @@ def params_to_torch(params):
         torch_name(path): np.ascontiguousarray(to_torch_layout(path[-1], np.asarray(value, np.float32)))
         for path, value in traverse_util.flatten_dict(tree).items()
     }
+
+
+def read_safetensors(path):
+    """A safetensors file → {name: numpy array} (memory-mapped; float16/bfloat16 kept as stored)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    data = np.memmap(path, np.uint8, "r", offset=8 + n)
+    tensors = {}
+    for name, info in header.items():
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, expected one of {sorted(_SAFETENSORS_DTYPES)}")
+        start, end = info["data_offsets"]
+        tensors[name] = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return tensors
+
+
+def _weights_file(folder, component):
+    """The safetensors file (or shard index) of a component folder, or None."""
+    stem = _WEIGHT_STEMS[component]
+    for name in (f"{stem}.safetensors", f"{stem}.safetensors.index.json", f"{stem}.fp16.safetensors",
+                 f"{stem}.fp16.safetensors.index.json"):
+        if os.path.isfile(os.path.join(folder, component, name)):
+            return os.path.join(folder, component, name)
+    return None
+
+
+def _read_weights(path):
+    if not path.endswith(".index.json"):
+        return read_safetensors(path)
+    with open(path, encoding="utf-8") as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    tensors = {}
+    for shard in shards:
+        tensors.update(read_safetensors(os.path.join(os.path.dirname(path), shard)))
+    return tensors
+
+
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass
+class MarigoldFolder:
+    """The content of a diffusers Marigold folder as Flax modules and float32 parameters (`{"params": tree}` of jax
+    arrays, without partitioning boxes), the configs as dicts, the tokenizer files as bytes, and the empty-prompt
+    embedding computed once at load time."""
+
+    unet: UNet2DConditionModel
+    unet_params: dict
+    vae: AutoencoderKL
+    vae_params: dict
+    text_encoder: CLIPTextModel
+    text_encoder_params: dict
+    empty_text_embedding: np.ndarray  # [1, 2, D] float32: the CLIP encoding of "" ([BOS, EOS])
+    model_index: dict  # model_index.json (pipeline class, prediction_type, defaults, target_properties)
+    scheduler_config: dict  # scheduler/scheduler_config.json (with `_class_name`)
+    unet_config: dict
+    vae_config: dict
+    text_encoder_config: dict
+    tokenizer_files: dict  # file name → bytes, written back unchanged
+
+
+def _check_folder(path):
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a folder; expected a diffusers Marigold folder (model_index.json, "
+                                "unet/, vae/, scheduler/, text_encoder/, tokenizer/)")
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise FileNotFoundError(
+            f"{path} is not a diffusers folder: model_index.json is missing (expected model_index.json, unet/, vae/, "
+            "scheduler/, text_encoder/, tokenizer/ as `save_pretrained` writes them)"
+        )
+    model_index = _read_json(os.path.join(path, "model_index.json"))
+    name = model_index.get("_class_name", "")
+    if not name.startswith("Marigold"):
+        raise ValueError(
+            f"{path} holds a {name or 'pipeline without _class_name'}, not a Marigold pipeline (expected "
+            f"model_index.json `_class_name` one of {list(_MARIGOLD_PIPELINES)})"
+        )
+    missing = [f for f in ("unet/config.json", "vae/config.json", "text_encoder/config.json",
+                           "scheduler/scheduler_config.json") if not os.path.isfile(os.path.join(path, f))]
+    for component, stem in _WEIGHT_STEMS.items():
+        if _weights_file(path, component) is None:
+            missing.append(f"{component}/{stem}.safetensors")
+    if not os.path.isdir(os.path.join(path, "tokenizer")):
+        missing.append("tokenizer/")
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a complete diffusers Marigold folder: missing {', '.join(missing)}. Weights must be "
+            "safetensors (re-save a .bin checkpoint with diffusers `save_pretrained(path, safe_serialization=True)`)."
+        )
+    return model_index
+
+
+def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="xla"):
+    """Read a diffusers Marigold folder without torch → `MarigoldFolder`. `dtype` (compute), `remat` and
+    `attention_impl` configure the U-Net and the VAE; parameters are float32 whatever the stored precision."""
+    model_index = _check_folder(path)
+    configs = {c: _read_json(os.path.join(path, c, "config.json")) for c in _WEIGHT_STEMS}
+    options = dict(dtype=dtype, remat=remat, attention_impl=attention_impl)
+    unet = UNet2DConditionModel.from_config(configs["unet"], **options)
+    vae = AutoencoderKL.from_config(configs["vae"], **options)
+    text_encoder = CLIPTextModel.from_config(configs["text_encoder"], attention_impl=attention_impl)
+    params = {
+        c: params_from_torch(m, _read_weights(_weights_file(path, c)), f"{path}/{c}")
+        for c, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
+    }
+    tokenizer_dir = os.path.join(path, "tokenizer")
+    tokenizer_files = {}
+    for name in sorted(os.listdir(tokenizer_dir)):
+        if os.path.isfile(os.path.join(tokenizer_dir, name)):
+            with open(os.path.join(tokenizer_dir, name), "rb") as f:
+                tokenizer_files[name] = f.read()
+    with jax.default_matmul_precision("highest"):
+        embedding = text_encoder.apply(params["text_encoder"], jnp.asarray(empty_prompt_ids(tokenizer_dir)))
+    return MarigoldFolder(
+        unet=unet,
+        unet_params=params["unet"],
+        vae=vae,
+        vae_params=params["vae"],
+        text_encoder=text_encoder,
+        text_encoder_params=params["text_encoder"],
+        empty_text_embedding=np.asarray(embedding, np.float32),
+        model_index=model_index,
+        scheduler_config=_read_json(os.path.join(path, "scheduler", "scheduler_config.json")),
+        unet_config=configs["unet"],
+        vae_config=configs["vae"],
+        text_encoder_config=configs["text_encoder"],
+        tokenizer_files=tokenizer_files,
+    )
+
+
+def save_folder(folder, path):
+    """Write `folder` (a `MarigoldFolder`, e.g. with fine-tuned `unet_params`) as a diffusers Marigold folder that
+    `diffusers.Marigold*Pipeline.from_pretrained(path)` loads: float32 safetensors with diffusers/transformers key
+    names, the configs, the scheduler config, model_index.json and the tokenizer files. Each parameter tree is
+    checked against its config first."""
+    from safetensors.numpy import save_file
+
+    components = (
+        ("unet", UNet2DConditionModel.from_config(folder.unet_config), folder.unet_params, folder.unet_config),
+        ("vae", AutoencoderKL.from_config(folder.vae_config), folder.vae_params, folder.vae_config),
+        ("text_encoder", CLIPTextModel.from_config(folder.text_encoder_config), folder.text_encoder_params,
+         folder.text_encoder_config),
+    )
+    tensors = {}
+    for component, model, params, _ in components:
+        state = params_to_torch(params)
+        expected = {torch_name(p): to_torch_layout(p[-1], np.broadcast_to(np.uint8(0), s)).shape
+                    for p, s in abstract_params(model).items()}
+        found = {k: v.shape for k, v in state.items()}
+        if found != expected:
+            wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+            raise ValueError(
+                f"{component} parameters do not match {component}_config: {len(wrong)} tensors differ "
+                f"({', '.join(f'{k}: config {expected.get(k)}, params {found.get(k)}' for k in wrong[:4])}); "
+                f"update {component}_config together with the parameters"
+            )
+        tensors[component] = state
+    tensors["text_encoder"] = {f"text_model.{k}": v for k, v in tensors["text_encoder"].items()}
+    os.makedirs(path, exist_ok=True)
+    for component, _, _, config in components:
+        os.makedirs(os.path.join(path, component), exist_ok=True)
+        _write_json(os.path.join(path, component, "config.json"), config)
+        save_file(tensors[component], os.path.join(path, component, f"{_WEIGHT_STEMS[component]}.safetensors"),
+                  metadata={"format": "pt"})
+    os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
+    _write_json(os.path.join(path, "scheduler", "scheduler_config.json"), folder.scheduler_config)
+    tokenizer_dir = os.path.join(path, "tokenizer")
+    shutil.rmtree(tokenizer_dir, ignore_errors=True)
+    os.makedirs(tokenizer_dir)
+    for name, content in folder.tokenizer_files.items():
+        with open(os.path.join(tokenizer_dir, name), "wb") as f:
+            f.write(content)
+    _write_json(os.path.join(path, "model_index.json"), folder.model_index)
+
+
+def _write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
