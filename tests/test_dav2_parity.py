@@ -44,9 +44,31 @@ PHOTOS = {
 }
 
 
-@pytest.mark.parametrize("encoder", ["vits", "vitb", "vitl"])
-@pytest.mark.parametrize("max_depth", [None, 20.0], ids=["relative", "metric"])
-@pytest.mark.parametrize("photo,input_size", [("astronaut", 518), ("coffee", 364)])
+def _case(encoder, mode, photo, input_size, slow=False):
+    marks = [pytest.mark.slow] if slow else []
+    return pytest.param(encoder, {"relative": None, "metric": 20.0}[mode], photo, input_size, marks=marks,
+                        id=f"{encoder}-{mode}-{input_size}")
+
+
+# Every (encoder, mode, size) combination is specified; the default suite keeps the cheap ones so CI stays short
+# on 2 cores, `pytest -m slow` runs the rest (ViT-L at 518 takes ~1 min per case here).
+@pytest.mark.parametrize(
+    "encoder,max_depth,photo,input_size",
+    [
+        _case("vits", "relative", "astronaut", 518),
+        _case("vits", "relative", "coffee", 364),
+        _case("vits", "metric", "astronaut", 518),
+        _case("vits", "metric", "coffee", 364),
+        _case("vitb", "relative", "astronaut", 518),
+        _case("vitb", "metric", "coffee", 364),
+        _case("vitb", "relative", "coffee", 364, slow=True),
+        _case("vitb", "metric", "astronaut", 518, slow=True),
+        _case("vitl", "metric", "coffee", 364),
+        _case("vitl", "relative", "coffee", 364, slow=True),
+        _case("vitl", "relative", "astronaut", 518, slow=True),
+        _case("vitl", "metric", "astronaut", 518, slow=True),
+    ],
+)
 def test_infer_image_matches_official(encoder, max_depth, photo, input_size):
     rgb = PHOTOS[photo]()
     ref, model, params = _pair(encoder, max_depth)
