@@ -272,27 +272,27 @@ def save_folder(folder, path):
         ("text_encoder", CLIPTextModel.from_config(folder.text_encoder_config), folder.text_encoder_params,
          folder.text_encoder_config),
     )
-    tensors = {}
     for component, model, params, _ in components:
-        state = params_to_torch(params)
-        expected = {torch_name(p): to_torch_layout(p[-1], np.broadcast_to(np.uint8(0), s)).shape
-                    for p, s in abstract_params(model).items()}
-        found = {k: v.shape for k, v in state.items()}
+        expected = {torch_name(p): shape for p, shape in abstract_params(model).items()}
+        tree = nn.unbox(params.get("params", params))
+        found = {torch_name(p): np.shape(v) for p, v in traverse_util.flatten_dict(tree).items()}
         if found != expected:
             wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
             raise ValueError(
-                f"{component} parameters do not match {component}_config: {len(wrong)} tensors differ "
-                f"({', '.join(f'{k}: config {expected.get(k)}, params {found.get(k)}' for k in wrong[:4])}); "
+                f"{component} parameters do not match {component}_config: {len(wrong)} tensors differ (Flax layout: "
+                f"{', '.join(f'{k}: config {expected.get(k)}, params {found.get(k)}' for k in wrong[:4])}); "
                 f"update {component}_config together with the parameters"
             )
-        tensors[component] = state
-    tensors["text_encoder"] = {f"text_model.{k}": v for k, v in tensors["text_encoder"].items()}
     os.makedirs(path, exist_ok=True)
-    for component, _, _, config in components:
+    for component, _, params, config in components:
         os.makedirs(os.path.join(path, component), exist_ok=True)
         _write_json(os.path.join(path, component, "config.json"), config)
-        save_file(tensors[component], os.path.join(path, component, f"{_WEIGHT_STEMS[component]}.safetensors"),
+        state = params_to_torch(params)
+        if component == "text_encoder":  # the hub layout, which transformers 4 and 5 both read
+            state = {f"text_model.{k}": v for k, v in state.items()}
+        save_file(state, os.path.join(path, component, f"{_WEIGHT_STEMS[component]}.safetensors"),
                   metadata={"format": "pt"})
+        del state
     os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
     _write_json(os.path.join(path, "scheduler", "scheduler_config.json"), folder.scheduler_config)
     tokenizer_dir = os.path.join(path, "tokenizer")
