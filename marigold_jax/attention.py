@@ -109,7 +109,9 @@ class Transformer2DModel(nn.Module):
         b, hgt, wid, c = x.shape
         inner = self.heads * self.dim_head
         project = lambda features, axes, name: (
-            dense(features, axes, name, self.dtype) if self.use_linear_projection else conv(features, 1, name, self.dtype)
+            dense(features, axes, name, self.dtype)
+            if self.use_linear_projection
+            else conv(features, 1, name, self.dtype)
         )
         h = project(inner, ("embed", "heads"), "proj_in")(group_norm(self.groups, 1e-6, "norm", self.dtype)(x))
         h = h.reshape(b, hgt * wid, inner)

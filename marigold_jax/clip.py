@@ -86,7 +86,10 @@ class CLIPEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids):
         embed = lambda n, name: nn.Embed(
-            n, self.hidden_size, dtype=self.dtype, embedding_init=partitioned(nn.initializers.normal(0.02), None, "embed"),
+            n,
+            self.hidden_size,
+            dtype=self.dtype,
+            embedding_init=partitioned(nn.initializers.normal(0.02), None, "embed"),
             name=name,
         )
         positions = jnp.arange(input_ids.shape[-1])[None]

@@ -137,7 +137,9 @@ def read_safetensors(path):
     tensors = {}
     for name, info in header.items():
         if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, expected one of {sorted(_SAFETENSORS_DTYPES)}")
+            raise ValueError(
+                f"{path}: tensor {name} has dtype {info['dtype']}, expected one of {sorted(_SAFETENSORS_DTYPES)}"
+            )
         start, end = info["data_offsets"]
         tensors[name] = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
     return tensors
@@ -240,8 +242,7 @@ def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="xla"):
         if os.path.isfile(os.path.join(tokenizer_dir, name)):
             with open(os.path.join(tokenizer_dir, name), "rb") as f:
                 tokenizer_files[name] = f.read()
-    with jax.default_matmul_precision("highest"):
-        embedding = text_encoder.apply(params["text_encoder"], jnp.asarray(empty_prompt_ids(tokenizer_dir)))
+    embedding = _encode_empty_prompt(text_encoder, params["text_encoder"], tokenizer_dir)
     return MarigoldFolder(
         unet=unet,
         unet_params=params["unet"],
@@ -249,7 +250,7 @@ def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="xla"):
         vae_params=params["vae"],
         text_encoder=text_encoder,
         text_encoder_params=params["text_encoder"],
-        empty_text_embedding=np.asarray(embedding, np.float32),
+        empty_text_embedding=embedding,
         model_index=model_index,
         scheduler_config=_read_json(os.path.join(path, "scheduler", "scheduler_config.json")),
         unet_config=configs["unet"],
@@ -257,6 +258,27 @@ def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="xla"):
         text_encoder_config=configs["text_encoder"],
         tokenizer_files=tokenizer_files,
     )
+
+
+def _encode_empty_prompt(text_encoder, params, tokenizer_dir):
+    with jax.default_matmul_precision("highest"):
+        embedding = text_encoder.apply(params, jnp.asarray(empty_prompt_ids(tokenizer_dir)))
+    return np.asarray(embedding, np.float32)
+
+
+def empty_prompt_embedding(path):
+    """The CLIP encoding of the empty prompt from a diffusers folder's `text_encoder/` and `tokenizer/` alone, as
+    diffusers Marigold computes it (no padding: [BOS, EOS]), without torch → float32 [1, 2, hidden_size]."""
+    missing = [f for f in ("text_encoder/config.json", "tokenizer") if not os.path.exists(os.path.join(path, f))]
+    if _weights_file(path, "text_encoder") is None:
+        missing.append("text_encoder/model.safetensors")
+    if missing:
+        raise FileNotFoundError(
+            f"{path} lacks {', '.join(missing)}: expected a diffusers folder with a CLIP text encoder"
+        )
+    text_encoder = CLIPTextModel.from_config(_read_json(os.path.join(path, "text_encoder", "config.json")))
+    params = params_from_torch(text_encoder, _read_weights(_weights_file(path, "text_encoder")), f"{path}/text_encoder")
+    return _encode_empty_prompt(text_encoder, params, os.path.join(path, "tokenizer"))
 
 
 def save_folder(folder, path):

@@ -22,7 +22,7 @@ _FIXED_OPTIONS = {
 
 
 class Encoder(nn.Module):
-    """Image [B, H, W, Cin] → posterior moments [B, H/2^(n-1), W/2^(n-1), 2 * latent_channels] (mean, log-variance)."""
+    """Image [B, H, W, Cin] → posterior moments [B, H/2^(n-1), W/2^(n-1), 2 * latent_channels] (mean, log-var)."""
 
     block_out_channels: tuple[int, ...]
     layers_per_block: int
@@ -35,7 +35,9 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        common = dict(groups=self.groups, eps=1e-6, attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype)
+        common = dict(
+            groups=self.groups, eps=1e-6, attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype
+        )
         x = conv(self.block_out_channels[0], 3, "conv_in", self.dtype)(x)
         for i, channels in enumerate(self.block_out_channels):
             x, _ = DownBlock2D(
@@ -66,7 +68,9 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, z):
-        common = dict(groups=self.groups, eps=1e-6, attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype)
+        common = dict(
+            groups=self.groups, eps=1e-6, attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype
+        )
         x = conv(self.block_out_channels[-1], 3, "conv_in", self.dtype)(z)
         attention = "self" if self.mid_block_add_attention else None
         x = MidBlock2D(self.block_out_channels[-1], attention=attention, name="mid_block", **common)(x)

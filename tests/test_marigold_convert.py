@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from marigold_jax.clip import empty_prompt_ids
-from marigold_jax.convert_diffusers import load_folder, read_safetensors, save_folder
+from marigold_jax.convert_diffusers import empty_prompt_embedding, load_folder, read_safetensors, save_folder
 from marigold_jax.vae import AutoencoderKL
-from test_marigold_models import nchw, nhwc, randomise, relative_error, unet_output, vae_outputs
+from test_marigold_models import randomise, relative_error, unet_output, vae_outputs
 
 VOCAB = ["a", "b", "c", "a</w>", "b</w>", "c</w>", "ab</w>", "<|startoftext|>", "<|endoftext|>"]
 TEXT_DIM = 32
@@ -128,6 +128,17 @@ def test_loaded_components_give_diffusers_outputs(depth_folder):
     assert folder.scheduler_config["_class_name"] == "DDIMScheduler"
     assert folder.scheduler_config["rescale_betas_zero_snr"] is True
     assert folder.vae.scaling_factor == pipe.vae.config.scaling_factor
+
+
+def test_empty_prompt_embedding_from_text_encoder_and_tokenizer_alone(depth_folder, tmp_path):
+    pipe, path = depth_folder
+    for part in ("text_encoder", "tokenizer"):
+        shutil.copytree(os.path.join(path, part), tmp_path / part)
+    _, expected = diffusers_empty_embedding(pipe)
+    assert relative_error(empty_prompt_embedding(str(tmp_path)), expected) <= 1e-5
+    shutil.rmtree(tmp_path / "tokenizer")
+    with pytest.raises(FileNotFoundError, match="lacks tokenizer"):
+        empty_prompt_embedding(str(tmp_path))
 
 
 def run_diffusers(pipe, image):
