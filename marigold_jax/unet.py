@@ -14,12 +14,13 @@ import jax.numpy as jnp
 from marigold_jax.layers import conv, dense, group_norm
 from marigold_jax.unet_blocks import DownBlock2D, MidBlock2D, UpBlock2D
 
-# diffusers UNet2DConditionModel options this implementation reproduces only at these values (the SD1/SD2 family)
+# diffusers UNet2DConditionModel options this implementation reproduces only at these values (a tuple: any of them),
+# the SD1/SD2 family
 _FIXED_OPTIONS = {
     "center_input_sample": False,
     "mid_block_type": "UNetMidBlock2DCrossAttn",
     "only_cross_attention": False,
-    "mid_block_only_cross_attention": None,
+    "mid_block_only_cross_attention": (None, False),
     "mid_block_scale_factor": 1,
     "dropout": 0.0,
     "act_fn": "silu",
@@ -111,10 +112,11 @@ class UNet2DConditionModel(nn.Module):
     def from_config(cls, config, **kwargs):
         """Build from a diffusers `unet/config.json` dict; `kwargs` set `dtype`, `remat`, `attention_impl`."""
         for key, value in _FIXED_OPTIONS.items():
-            if config.get(key, value) != value:
+            accepted = value if isinstance(value, tuple) else (value,)
+            if config.get(key, accepted[0]) not in accepted:
                 raise ValueError(
                     f"unet config has {key}={config[key]!r}; marigold_jax implements UNet2DConditionModel only "
-                    f"with {key}={value!r} (the Stable Diffusion 2 U-Net that Marigold fine-tunes)."
+                    f"with {key} in {accepted!r} (the Stable Diffusion 2 U-Net that Marigold fine-tunes)."
                 )
         down = tuple(config.get("down_block_types", cls.down_block_types))
         up = tuple(config.get("up_block_types", cls.up_block_types))
