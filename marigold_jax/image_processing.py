@@ -8,8 +8,6 @@ Images are NHWC float32.
 """
 
 import functools
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,11 +143,12 @@ def interpolation_matrix(in_size: int, out_size: int, mode: str, antialias: bool
     return _plain_weights(in_size, out_size, mode)
 
 
-def resize(images: jnp.ndarray, size: Sequence[int], mode: str, antialias: bool = False) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnames=("size", "mode", "antialias"))
+def resize(images: jnp.ndarray, size: tuple[int, int], mode: str, antialias: bool = False) -> jnp.ndarray:
     """Resize NHWC images to `size` = (h, w) as `F.interpolate(mode, antialias)` would (antialias: bilinear/bicubic)."""
     n, h, w, c = images.shape
     if (h, w) == tuple(size):
-        return jnp.asarray(images)
+        return images
     mh = interpolation_matrix(h, int(size[0]), mode, antialias)
     mw = interpolation_matrix(w, int(size[1]), mode, antialias)
     hi = jax.lax.Precision.HIGHEST
@@ -159,7 +158,7 @@ def resize(images: jnp.ndarray, size: Sequence[int], mode: str, antialias: bool 
 
 def resize_to_max_edge(images: jnp.ndarray, max_edge: int, mode: str) -> jnp.ndarray:
     """Resize NHWC images so the long side is `max_edge` (aspect kept, sides rounded down), antialiased."""
-    return resize(images, max_edge_size(images.shape[1], images.shape[2], max_edge), mode, antialias=True)
+    return resize(images, max_edge_size(images.shape[1], images.shape[2], max_edge), mode, True)
 
 
 def pad_to_multiple(images: jnp.ndarray, align: int) -> tuple[jnp.ndarray, tuple[int, int]]:
@@ -174,6 +173,14 @@ def unpad(images: jnp.ndarray, padding: tuple[int, int]) -> jnp.ndarray:
     return images[:, : images.shape[1] - ph, : images.shape[2] - pw]
 
 
+@functools.partial(jax.jit, static_argnames=("processing_resolution", "resample_method", "align"))
+def _preprocess(images: jnp.ndarray, processing_resolution: int, resample_method: str, align: int) -> jnp.ndarray:
+    x = to_unit_range(images)
+    if processing_resolution > 0:
+        x = resize_to_max_edge(x, processing_resolution, resample_method)
+    return pad_to_multiple(x, align)[0]
+
+
 def preprocess(
     images: np.ndarray, processing_resolution: int, resample_method: str, align: int = 8
 ) -> tuple[jnp.ndarray, tuple[int, int]]:
@@ -182,7 +189,7 @@ def preprocess(
     Long side resized to `processing_resolution` (0 keeps the native size), then replicate-padded to multiples of
     `align` (the VAE's down-sampling factor).
     """
-    x = to_unit_range(images)
+    h, w = images.shape[1:3]
     if processing_resolution > 0:
-        x = resize_to_max_edge(x, processing_resolution, resample_method)
-    return pad_to_multiple(x, align)
+        h, w = max_edge_size(h, w, processing_resolution)
+    return _preprocess(images, processing_resolution, resample_method, align), (-h % align, -w % align)

@@ -192,11 +192,19 @@ def lcm_boundary_scalings(timesteps: np.ndarray, timestep_scaling: float) -> tup
     return c_skip.astype(np.float32), c_out.astype(np.float32)
 
 
-def make_plan(config: SchedulerConfig, num_inference_steps: int) -> tuple[Sampler, dict[str, np.ndarray]]:
-    """The sampler and its per-step constants for `num_inference_steps` steps, to `lax.scan` over.
+def max_steps(config: SchedulerConfig) -> int:
+    """The largest number of inference steps the sampler allows."""
+    return config.num_train_timesteps if config.kind == "DDIMScheduler" else config.original_inference_steps
 
-    Constants, each [num_inference_steps]: `timesteps` int32; `alpha_t`, `alpha_prev` float32 alpha_bar at the
-    step's and at the previous timestep; for LCM `c_skip`, `c_out` float32 and `add_noise` bool (False on the
+
+def make_plan(
+    config: SchedulerConfig, num_inference_steps: int, pad_to: int | None = None
+) -> tuple[Sampler, dict[str, np.ndarray]]:
+    """The sampler and its per-step constants for `num_inference_steps` steps, to loop over.
+
+    Constants, each [num_inference_steps] (or [pad_to], repeating the last step, so that one compiled loop with a
+    dynamic trip count serves every step count): `timesteps` int32; `alpha_t`, `alpha_prev` float32 alpha_bar at
+    the step's and at the previous timestep; for LCM `c_skip`, `c_out` float32 and `add_noise` bool (False on the
     last step); zeros/False for DDIM.
     """
     ac = alphas_cumprod(config)
@@ -223,6 +231,8 @@ def make_plan(config: SchedulerConfig, num_inference_steps: int) -> tuple[Sample
         c_out=c_out,
         add_noise=noise,
     )
+    if pad_to is not None:
+        consts = {k: np.pad(v, (0, pad_to - n), mode="edge") for k, v in consts.items()}
     return sampler, consts
 
 

@@ -17,18 +17,41 @@ def _nhwc(x):
     return x.numpy().transpose(0, 2, 3, 1)
 
 
+SIZES = [((13, 21), (5, 8)), ((7, 10), (19, 23)), ((16, 9), (16, 31)), ((31, 17), (12, 17))]
+
+
 @pytest.mark.parametrize("mode", ip.RESAMPLE_METHODS)
 @pytest.mark.parametrize("antialias", [False, True])
-@pytest.mark.parametrize("size_in,size_out", [((13, 21), (5, 8)), ((7, 10), (19, 23)), ((16, 9), (16, 31)), ((31, 17), (12, 17))])
-def test_resize_equals_torch_interpolate(mode, antialias, size_in, size_out):
-    x = np.random.default_rng(0).uniform(-1, 1, (2, *size_in, 3)).astype(np.float32)
-    expected = F.interpolate(_nchw(x), size_out, mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"))
-    np.testing.assert_allclose(np.asarray(ip.resize(x, size_out, mode, antialias)), _nhwc(expected), atol=2e-6)
+def test_interpolation_matrices_equal_torch_interpolate(mode, antialias):
+    rng = np.random.default_rng(0)
+    for size_in, size_out in SIZES:
+        x = rng.uniform(-1, 1, (2, *size_in, 3)).astype(np.float32)
+        torch_aa = antialias and mode in ("bilinear", "bicubic")
+        expected = _nhwc(F.interpolate(_nchw(x), size_out, mode=mode, antialias=torch_aa))
+        mh = ip.interpolation_matrix(size_in[0], size_out[0], mode, antialias)
+        mw = ip.interpolation_matrix(size_in[1], size_out[1], mode, antialias)
+        got = np.einsum("oh,pw,nhwc->nopc", mh.astype(np.float64), mw.astype(np.float64), x)
+        np.testing.assert_allclose(got, expected, atol=2e-6)
 
 
-@pytest.mark.parametrize("resolution", [0, 16, 24, 40])
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "area", "nearest-exact"])
-@pytest.mark.parametrize("shape", [(1, 29, 35, 3), (2, 40, 17, 3)])
+@pytest.mark.parametrize("mode,antialias", [("bilinear", True), ("bicubic", False), ("area", False)])
+def test_jitted_resize_equals_torch_interpolate(mode, antialias):
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 13, 21, 3)).astype(np.float32)
+    expected = F.interpolate(_nchw(x), (5, 8), mode=mode, antialias=antialias)
+    np.testing.assert_allclose(np.asarray(ip.resize(x, (5, 8), mode, antialias)), _nhwc(expected), atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "resolution,mode,shape",
+    [
+        (0, "bilinear", (1, 29, 35, 3)),
+        (16, "bilinear", (2, 40, 17, 3)),
+        (24, "bicubic", (1, 29, 35, 3)),
+        (40, "bilinear", (1, 29, 35, 3)),
+        (16, "area", (1, 29, 35, 3)),
+        (24, "nearest-exact", (2, 40, 17, 3)),
+    ],
+)
 def test_preprocess_equals_diffusers(resolution, mode, shape):
     images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     expected, padding, original = MarigoldImageProcessor(vae_scale_factor=8).preprocess(images, resolution, mode)
