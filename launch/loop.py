@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -287,8 +288,6 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
     at the start of a fresh run) on the EMA parameters when EMA is on; `put_batch` places a host batch on the mesh.
     stop_after_steps: end this invocation after that many steps with a checkpoint, as a preemption would.
     """
-    from pathlib import Path
-
     workdir = Path(workdir)
     setup = prepare_training(config, task, example_batch, devices)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every)
@@ -299,22 +298,12 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
             lambda x: jax.make_array_from_process_local_data(setup.batch_sharding, np.asarray(x)), local
         )
 
+    # Initialise outside the mesh context: Linen's DenseGeneral would constrain its flattened kernel with the
+    # unflattened logical names; the jit's out_shardings place the parameters anyway.
+    state, frozen, latest = _initial_state(setup, task, checkpointer, data_iterator, config, example_batch)
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-        latest = checkpointer.latest_step()
-        if latest is None:
-            state, frozen = setup.init(jax.random.key(config.seed), example_batch)
-            if hasattr(task, "warm_start"):
-                params, frozen = task.warm_start(state.params, frozen)
-                params = jax.device_put(params, setup.state_shardings.params)
-                frozen = jax.device_put(frozen, setup.frozen_shardings)
-                state = state.replace(params=params, ema=None if state.ema is None else params)
-        else:
-            state = checkpointer.restore(latest, setup.abstract_state, data_iterator, config)
-            frozen = setup.init_frozen(jax.random.key(config.seed), example_batch)
-            if hasattr(task, "warm_start"):
-                frozen = jax.device_put(task.warm_start(state.params, frozen)[1], setup.frozen_shardings)
         start = int(state.step)
-        log.info("%s at step %d of %d; metrics in %s", "resuming" if latest else "starting", start,
+        log.info("%s at step %d of %d; metrics in %s", "resuming" if latest is not None else "starting", start,
                  config.total_steps, workdir / "metrics.jsonl")
         metrics_log = MetricsLog(workdir / "metrics.jsonl", start)
         if evaluate is not None and config.eval_every and latest is None:
@@ -355,6 +344,25 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
         if bar is not None:
             bar.close()
     return state, frozen
+
+
+def _initial_state(setup, task, checkpointer, data_iterator, config, example_batch):
+    """(state, frozen, restored step or None): the newest checkpoint if any, else a fresh (warm-started) init."""
+    latest = checkpointer.latest_step()
+    key = jax.random.key(config.seed)
+    if latest is None:
+        state, frozen = setup.init(key, example_batch)
+        if hasattr(task, "warm_start"):
+            params, frozen = task.warm_start(state.params, frozen)
+            params = jax.device_put(params, setup.state_shardings.params)
+            frozen = jax.device_put(frozen, setup.frozen_shardings)
+            state = state.replace(params=params, ema=None if state.ema is None else params)
+        return state, frozen, None
+    state = checkpointer.restore(latest, setup.abstract_state, data_iterator, config)
+    frozen = setup.init_frozen(key, example_batch)
+    if hasattr(task, "warm_start"):
+        frozen = jax.device_put(task.warm_start(state.params, frozen)[1], setup.frozen_shardings)
+    return state, frozen, latest
 
 
 def _eval_params(state):
