@@ -14,7 +14,7 @@ from PIL import Image
 
 import dav2_jax
 from launch import evaluate
-from launch.eval import datasets, predictors, protocols
+from launch.eval import datasets, metrics, predictors, protocols
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = 70  # network input short side: keeps the ViT-S forward pass cheap on CPU
@@ -150,3 +150,76 @@ def test_resume_scores_only_missing_images_and_survives_a_cut_line(tmp_path, mon
     log = [json.loads(line) for line in (tmp_path / "n.per_image.jsonl").read_text().splitlines()]
     assert [r["index"] for r in log[1:]] == [0, 1, 2]
     assert len(json.loads((tmp_path / "n.json").read_text())["per_image"]) == 3
+
+
+def _tiny_marigold_folder(path, normals):
+    """A random-weight diffusers Marigold depth or normals pipeline at the smallest size that keeps its structure."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, MarigoldNormalsPipeline
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(4, 4, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4, latent_channels=4,
+        mid_block_add_attention=False,
+    )
+    unet = UNet2DConditionModel(
+        in_channels=8, out_channels=4, block_out_channels=(16,), down_block_types=("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",), layers_per_block=1, attention_head_dim=2, cross_attention_dim=16,
+        norm_num_groups=4, use_linear_projection=True,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=6, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=False, steps_offset=1,
+        timestep_spacing="trailing",
+    )
+    cls, config = ((MarigoldNormalsPipeline, dict(prediction_type="normals")) if normals
+                   else (MarigoldDepthPipeline, dict(prediction_type="depth")))
+    pipe = cls(unet=unet.eval(), vae=vae.eval(), scheduler=scheduler, text_encoder=text_encoder.eval(),
+               tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8), default_denoising_steps=1,
+               default_processing_resolution=32, **config)
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_cli_scores_a_marigold_depth_checkpoint_like_direct_metrics(tmp_path):
+    import marigold_jax
+
+    folder = _tiny_marigold_folder(str(tmp_path / "marigold-depth"), normals=False)
+    args = ["--model", folder, "--dataset", "motorcycle", "--processing-resolution", "48", "--ensemble", "2",
+            "--output", str(tmp_path / "m.json")]
+    summary = evaluate.main(args)
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["run"]["protocol"] == "marigold" and result["run"]["kind"] == "depth"
+    assert result["run"]["settings"] == {"num_inference_steps": 1, "ensemble_size": 2, "processing_resolution": 48,
+                                         "seed": predictors.MARIGOLD_SEED}
+
+    sample = datasets.open_dataset("motorcycle")[0]
+    out = marigold_jax.load(folder).predict_depth(sample.rgb, match_input_resolution=True, **result["run"]["settings"])
+    want = protocols.score_depth(out.prediction[0, ..., 0], sample.depth, sample.mask, "depth",
+                                 protocols.depth_spec("marigold", "motorcycle"))
+    assert {k: result["per_image"][0][k] for k in want} == want
+    assert summary == {k: want[k] for k in summary}
+
+
+def test_cli_scores_a_marigold_normals_checkpoint_like_direct_metrics(tmp_path):
+    import marigold_jax
+
+    folder = _tiny_marigold_folder(str(tmp_path / "marigold-normals"), normals=True)
+    normals = np.random.default_rng(1).normal(size=(20, 28, 3)).astype(np.float32)
+    rgb = np.random.default_rng(2).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "000005_img.png")
+    np.save(tmp_path / "000005_normal.npy", normals)
+    summary = evaluate.main(["--model", folder, "--dataset", "nyu_normals", "--data-dir", str(tmp_path),
+                             "--output", str(tmp_path / "n.json")])
+    settings = json.loads((tmp_path / "n.json").read_text())["run"]["settings"]
+    assert settings["num_inference_steps"] == 1 and settings["processing_resolution"] == 640
+    out = marigold_jax.load(folder).predict_normals(rgb, match_input_resolution=True, **settings)
+    assert summary == metrics.normals_metrics(out.prediction[0], normals, np.ones((20, 28), bool))
