@@ -1,7 +1,7 @@
 """The Depth Anything V2 teacher of the paper (§5, Table 7): ViT-G DPT on the five precise synthetic sets.
 
     python launch/train.py --config configs/teacher_g.py --workdir DIR \\
-        --config.model.init_from=dinov2_vitg14.pth \\
+        --config.model.dinov2_init=dinov2_vitg14_pretrain.pth \\
         --config.data.sources.hypersim.root=/data/hypersim ...
 
 Paper: batch 64, 160K iterations, Adam, lr 5e-6 (encoder) / 5e-5 (decoder), 518 x 518 random crops, loss
@@ -46,8 +46,8 @@ def get_config():
     c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     c.model.attention_impl = "xla"  # "xla" (fused kernels on TPU) | "heads_first" (faster on CPU)
     c.model.remat = True  # rematerialise each transformer block in the backward pass
-    c.model.init_from = ""  # DINOv2 / Depth Anything V2 checkpoint to start from ("" = random)
-    c.model.init_parts = "encoder"  # "encoder": only the ViT (DINOv2 init, fresh DPT head) | "all"
+    c.model.dinov2_init = ""  # DINOv2 checkpoint for the encoder (.pth / HF folder); "" = random
+    c.model.init_from = ""  # or a Depth Anything V2 checkpoint for every weight (fine-tuning); "" = none
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # "adamw" | "sgd"

@@ -64,21 +64,25 @@ class TeacherTask:
 
     encoder: "vits" | "vitb" | "vitl" | "vitg"; crop: training crop side (518 in the paper); gm_weight: 2 (paper);
     trim: share of largest per-pixel losses ignored (0 for precise labels); dtype: compute dtype name
-    ("float32" | "bfloat16"); attention_impl, remat: see `DepthAnythingV2`; init_from: "" or a Depth Anything V2
-    checkpoint (any format `dav2_jax.load` reads) whose weights start the run; init_parts: "encoder" (DINOv2-style
-    initialisation of the `pretrained` subtree, fresh DPT head) or "all".
+    ("float32" | "bfloat16"); attention_impl, remat: see `DepthAnythingV2`. Warm start (at most one):
+    dinov2_init: "" or a DINOv2 checkpoint (official `.pth`, transformers folder or safetensors; see
+    `dav2_jax.convert_dinov2`) for the encoder, the DPT head staying random (the paper's initialisation);
+    init_from: "" or a Depth Anything V2 checkpoint (any format `dav2_jax.load` reads) for all weights.
     """
 
     def __init__(self, encoder="vitg", crop=518, gm_weight=2.0, trim=0.0, dtype="float32", attention_impl="xla",
-                 remat=False, init_from="", init_parts="encoder"):
-        if init_parts not in ("encoder", "all"):
-            raise ValueError(f"init_parts must be 'encoder' or 'all', got {init_parts!r}")
+                 remat=False, dinov2_init="", init_from=""):
+        if dinov2_init and init_from:
+            raise ValueError(
+                f"give dinov2_init ({dinov2_init!r}) or init_from ({init_from!r}), not both: the first sets the "
+                "encoder only, the second every weight"
+            )
         self.model = DepthAnythingV2(encoder, None, jnp.dtype(dtype), attention_impl, remat)
         self.crop = crop
         self.gm_weight = gm_weight
         self.trim = trim
+        self.dinov2_init = dinov2_init
         self.init_from = init_from
-        self.init_parts = init_parts
 
     def init(self, rng, example_batch):
         """Random parameters (boxed with logical axis names) for images like `example_batch["image"]`; no frozen."""
@@ -111,19 +115,19 @@ class TeacherTask:
         return ()
 
     def warm_start(self, params, frozen):
-        """Replace the freshly initialised weights by `init_from`'s (all, or only the encoder); frozen unchanged."""
+        """Freshly initialised params → with `dinov2_init`'s encoder or all of `init_from`'s weights; frozen as is."""
+        if self.dinov2_init:
+            from dav2_jax.convert_dinov2 import init_encoder
+
+            return init_encoder(params, self.dinov2_init), frozen
         if not self.init_from:
             return params, frozen
         from dav2_jax.checkpoints import load
 
         model, loaded = load(self.init_from)
-        loaded = loaded.get("params", loaded)
         if model.encoder != self.model.encoder:
             raise ValueError(
                 f"{self.init_from!r} holds a {model.encoder} model but the task trains {self.model.encoder}; "
                 "set --config.model.encoder to match or choose another init_from"
             )
-        if self.init_parts == "encoder":
-            return {**params, "pretrained": loaded["pretrained"]}, frozen
-        return dict(loaded), frozen
-
+        return dict(loaded.get("params", loaded)), frozen

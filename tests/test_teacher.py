@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from safetensors.numpy import save_file
 
 import dav2_jax
+from dav2_jax.convert_official import to_state_dict
 from dav2_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from dav2_jax.teacher import TeacherTask, random_crop
 
@@ -113,16 +115,31 @@ def _random_params(init, *args, seed):
     return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
 
 
-def test_warm_start_copies_the_encoder_of_a_checkpoint_and_keeps_the_fresh_head(tmp_path):
+def _same(a, b):
+    return jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b))
+
+
+def test_dinov2_init_replaces_the_encoder_and_keeps_the_fresh_head(tmp_path):
+    task = TeacherTask("vits", crop=28)
+    fresh = _random_params(task.init, _batch(task, 1), seed=2)[0]
+    dinov2 = _random_params(task.init, _batch(task, 1), seed=3)[0]["pretrained"]
+    # The official DINOv2 layout: the DAv2 encoder keys without their `pretrained.` prefix.
+    state = to_state_dict({"pretrained": dinov2})
+    save_file({k[len("pretrained."):]: v for k, v in state.items()}, str(tmp_path / "dinov2.safetensors"))
+    task = TeacherTask("vits", crop=28, dinov2_init=str(tmp_path / "dinov2.safetensors"))
+    params, frozen = task.warm_start(fresh, {})
+    assert _same(params["pretrained"], dinov2) and _same(params["depth_head"], fresh["depth_head"]) and frozen == {}
+
+
+def test_init_from_a_depth_anything_checkpoint_sets_every_weight(tmp_path):
     model = dav2_jax.DepthAnythingV2("vits")
     source = _random_params(model.init, jnp.zeros((1, 14, 14, 3)), seed=1)["params"]
     dav2_jax.save(model, {"params": source}, str(tmp_path / "ckpt"), format="jax")
     task = TeacherTask("vits", crop=28, init_from=str(tmp_path / "ckpt"))
     fresh = _random_params(task.init, _batch(task, 1), seed=2)[0]
     params, _ = task.warm_start(fresh, {})
-    same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b))
-    assert same(params["pretrained"], source["pretrained"])
-    assert same(params["depth_head"], fresh["depth_head"])
-    assert not same(params["depth_head"], source["depth_head"])
+    assert _same(params, source)
     with pytest.raises(ValueError, match="holds a vits model but the task trains vitb"):
         TeacherTask("vitb", crop=28, init_from=str(tmp_path / "ckpt")).warm_start(fresh, {})
+    with pytest.raises(ValueError, match="not both"):
+        TeacherTask("vits", dinov2_init="a.pth", init_from="b.pth")
