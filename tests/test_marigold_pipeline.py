@@ -9,6 +9,9 @@ members in test_marigold_ensemble.py; everything else of the depth ensembling ru
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -235,3 +238,35 @@ def test_a_folder_that_is_not_a_marigold_checkpoint_is_refused(checkpoints, tmp_
     with pytest.raises(ValueError, match="not a Marigold pipeline"):
         marigold_jax.load(str(folder))
     assert os.path.isdir(checkpoints["depth"][0])
+
+
+_SHARDED = textwrap.dedent("""
+    import sys
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+    import marigold_jax
+
+    assert jax.device_count() == 2
+    pipeline = marigold_jax.load(sys.argv[1]).replicate(Mesh(np.array(jax.devices()), ("data",)))
+    images = np.random.default_rng(0).integers(0, 256, (2, 19, 27, 3), dtype=np.uint8)
+    with jax.default_matmul_precision("highest"):
+        out = pipeline.predict_normals(images, **eval(sys.argv[3]))
+    np.savez(sys.argv[2], prediction=out.prediction, uncertainty=out.uncertainty)
+""")
+
+
+@pytest.mark.slow
+def test_members_sharded_over_two_devices_give_the_single_device_result(checkpoints, tmp_path):
+    """Slow: a second Python process with two simulated CPU devices compiles every program again (~20 s)."""
+    knobs = dict(num_inference_steps=2, ensemble_size=3, processing_resolution=0, output_uncertainty=True, seed=5)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    result = str(tmp_path / "sharded.npz")
+    run = subprocess.run([sys.executable, "-c", _SHARDED, checkpoints["normals"][0], result, repr(knobs)], env=env,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sharded = np.load(result)
+    with jax.default_matmul_precision("highest"):
+        single = checkpoints["normals"][2].predict_normals(_images(2), **knobs)
+    np.testing.assert_allclose(sharded["prediction"], single.prediction, atol=1e-5)
+    np.testing.assert_allclose(sharded["uncertainty"], single.uncertainty, atol=1e-5)
