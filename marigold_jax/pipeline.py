@@ -151,7 +151,8 @@ class MarigoldPipeline:
 
         num_inference_steps / processing_resolution: None uses the checkpoint's defaults; resolution 0 is native,
         else the long side in pixels (a multiple of 8). `latents` NHWC [N * ensemble_size, h, w, 4 * T] replaces
-        the initial noise drawn from `seed` (diffusers' NCHW latents transposed give the same result).
+        the initial noise drawn from `seed` by numpy's default generator (diffusers' NCHW latents transposed give
+        the same result).
         `batch_size` members are denoised at once. `expect` names the modality the caller wants.
         """
         if expect is not None and expect != self.modality:
@@ -247,7 +248,7 @@ class MarigoldPipeline:
         b, h, w, c = image_latent_shape
         shape = (b, h, w, c * self.n_targets)
         if latents is None:
-            return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+            return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
         latents = np.asarray(latents)
         if latents.shape != shape:
             raise ValueError(

@@ -240,6 +240,38 @@ def test_a_folder_that_is_not_a_marigold_checkpoint_is_refused(checkpoints, tmp_
     assert os.path.isdir(checkpoints["depth"][0])
 
 
+@pytest.mark.parametrize(
+    "name,extra,files",
+    [
+        ("depth", [], ["a.npy", "a.png", "a_color.png", "b.npy"]),
+        ("normals", ["--ensemble", "3", "--uncertainty"], ["a.npy", "a.png", "a_uncertainty.npy",
+                                                          "a_uncertainty.png"]),
+        ("appearance", [], ["a.npy", "a_albedo.png", "a_material.png", "a_roughness.png", "a_metallicity.png"]),
+    ],
+)
+def test_infer_cli_writes_each_modality_like_the_depth_anything_cli(checkpoints, tmp_path, name, extra, files):
+    from launch import infer
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for stem, image in zip("ab", _images(2)):
+        Image.fromarray(image).save(inputs / f"{stem}.png")
+    (inputs / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["--model", checkpoints[name][0], "--input", str(inputs), "--output", str(out), "--steps", "1",
+            "--processing-resolution", "0", "--attention", "xla", *extra]  # programs compiled above serve these
+    with jax.default_matmul_precision("highest"):
+        assert infer.main(argv) == 0
+    assert set(files) <= set(os.listdir(out))
+    prediction = np.load(out / "a.npy")
+    assert prediction.shape == {"depth": SIZE, "normals": (*SIZE, 3), "appearance": (2, *SIZE, 3)}[name]
+    if name == "depth":
+        assert np.asarray(Image.open(out / "a.png")).dtype == np.uint16
+    if name == "normals":
+        np.testing.assert_allclose(np.linalg.norm(prediction, axis=-1), 1, atol=1e-5)
+        assert np.load(out / "a_uncertainty.npy").shape == (*SIZE, 1)
+
+
 _SHARDED = textwrap.dedent("""
     import sys
     import jax
