@@ -66,6 +66,7 @@ def official_model(encoder, max_depth=None, seed=0):
     torch.manual_seed(seed)
     model = dpt.DepthAnythingV2(**OFFICIAL_CONFIGS[encoder])
     _randomise_(model, seed)
+    _centre_head_(model)
     if max_depth is not None:
         model.depth_head.scratch.output_conv2[3] = torch.nn.Sigmoid()
         head = model.depth_head
@@ -90,3 +91,23 @@ def _randomise_(model, seed):
         for name, p in model.named_parameters():
             if p.ndim == 1 or name.endswith("gamma"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+
+
+def _centre_head_(model):
+    """Shift the last conv's bias so that about half the pre-activation outputs are positive.
+
+    With random weights the final ReLU can otherwise zero the whole map (it does for ViT-G), and a parity test on
+    a constant output checks nothing.
+    """
+    import torch
+
+    last = model.depth_head.scratch.output_conv2[2]
+    activation = model.depth_head.scratch.output_conv2[3]
+    model.depth_head.scratch.output_conv2[3] = torch.nn.Identity()
+    x = torch.randn(1, 3, 70, 70, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pre = model.depth_head(
+            model.pretrained.get_intermediate_layers(x, model.intermediate_layer_idx[model.encoder], return_class_token=True),
+            5, 5)
+        last.bias -= pre.median()
+    model.depth_head.scratch.output_conv2[3] = activation
