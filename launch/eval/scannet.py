@@ -12,7 +12,7 @@ SPLIT_FILE = "scannet_val_sampled_list_800_1.txt"
 
 
 class Scannet:
-    """data_dir: root of the split list's paths (`sceneXXXX_XX/color/N.jpg sceneXXXX_XX/depth/N.png` per line;
+    """data_dir: root of the split list's paths (`scene0000_00/color/N.jpg scene0000_00/depth/N.png` per line;
     default `data_dir/scannet_val_sampled_list_800_1.txt`, Marigold's split). Depth 0 = missing. A colour frame
     larger than its depth map (raw ScanNet: 1296×968 vs 640×480) is resized to the depth map (bilinear)."""
 
