@@ -1,6 +1,7 @@
 """The teacher recipe with a ViT-S encoder: the paper's data, losses and schedule on one host's budget.
 
-    python launch/train.py --config configs/teacher_s.py --workdir DIR --config.model.dinov2_init=dinov2_vits14_pretrain.pth
+    python launch/train.py --config configs/teacher_s.py --workdir DIR \\
+        --config.model.dinov2_init=dinov2_vits14_pretrain.pth
 
 Not a configuration of the paper (its teacher is ViT-G); the same recipe at 1/50 of the parameters, data parallel.
 """

@@ -170,7 +170,7 @@ def make_train_step(task, tx, apply_lr, accumulate_steps, ema_decay, param_shard
 
 @dataclasses.dataclass
 class Setup:
-    """What `prepare_training` derives from the config and task (also used by tests and the AOT tool)."""
+    """What `prepare_training` derives from the config and the task."""
 
     mesh: Any
     rules: tuple
@@ -248,7 +248,8 @@ def prepare_training(config, task, example_batch, devices=None):
         donate_argnums=(0,),
     )
     return Setup(
-        mesh, rules, tx, lr_fns, state_shardings, frozen_shardings, batch_sharding, abstract_state, init, init_frozen, step
+        mesh, rules, tx, lr_fns, state_shardings, frozen_shardings, batch_sharding, abstract_state, init,
+        init_frozen, step,
     )
 
 

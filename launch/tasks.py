@@ -40,7 +40,9 @@ def lookup(name, table, what):
     if ":" in name:
         module, attr = name.split(":", 1)
         return getattr(importlib.import_module(module), attr)
-    raise ValueError(f"unknown {what} {name!r}: expected one of {sorted(table)} or an import path 'package.module:Name'")
+    raise ValueError(
+        f"unknown {what} {name!r}: expected one of {sorted(table)} or an import path 'package.module:Name'"
+    )
 
 
 def build_task(config):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import flags
 from test_loop import ToySource, ToyTask, toy_config
 
 from launch import train
@@ -63,6 +64,29 @@ def test_pipeline_state_restores_the_exact_continuation():
     for want, got in zip(expected, _take(resumed, 7)):
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_worker_processes_give_the_same_stream_and_resume_exactly():
+    # Grain's worker processes read absl flags, which `launch/train.py` parses and pytest does not.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    task = ToyTask()
+    make = lambda workers: pipeline.train_iterator(
+        pipeline.mixture([ToySource(20)], [1.0], seed=3), task.prepare, seed=3, global_batch_size=4,
+        worker_count=workers, read_threads=0,
+    )
+    expected = _take(make(0), 7)
+    it = make(1)
+    got = _take(it, 3)
+    state = it.get_state()
+    it.close()
+    resumed = make(1)
+    resumed.set_state(state)
+    got += _take(resumed, 4)
+    resumed.close()
+    for want, have in zip(expected, got):
+        for key in want:
+            np.testing.assert_array_equal(have[key], want[key])
 
 
 def test_mixture_follows_weights_and_each_sample_appears_once_per_epoch():

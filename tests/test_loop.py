@@ -275,9 +275,13 @@ def test_ema_tracks_params_with_the_configured_decay():
 def test_train_logs_step_loss_lr_and_speed_and_learns(tmp_path):
     config = toy_config(**{"total_steps": 40, "log_every": 5, "checkpoint_every": 20, "eval_every": 20})
     task = ToyTask()
-    evaluate = lambda params, frozen, put: {"eval/loss": float(
-        jnp.mean((task.model.apply({"params": params}, put(held_out)["x"] * frozen["scale"]) - put(held_out)["y"]) ** 2))}
     held_out = next(toy_iterator(task, 16, seed=1))
+
+    def evaluate(params, frozen, put):
+        batch = put(held_out)
+        pred = task.model.apply({"params": params}, batch["x"] * frozen["scale"])
+        return {"eval/loss": float(jnp.mean((pred - batch["y"]) ** 2))}
+
     loop.train(config, task, toy_iterator(task, 8), _batch(task, 1), tmp_path, evaluate=evaluate)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]

@@ -68,7 +68,8 @@ SCRIPT = textwrap.dedent(
     report["fsdp_resumed"] = {"losses": [r["loss"] for r in records], "params": describe(state.params)}
 
     # The real model's logical names under each rule set (shapes only, nothing is computed).
-    boxed = jax.eval_shape(DepthAnythingV2("vitg").init, jax.random.key(0), jax.ShapeDtypeStruct((1, 14, 14, 3), "float32"))
+    images = jax.ShapeDtypeStruct((1, 14, 14, 3), "float32")
+    boxed = jax.eval_shape(DepthAnythingV2("vitg").init, jax.random.key(0), images)
     for sharding, shape in [("fsdp", (1, 8, 1)), ("fsdp_tp", (1, 4, 2))]:
         mesh = mesh_lib.make_mesh(*shape)
         specs = mesh_lib.tree_shardings(boxed["params"], mesh, mesh_lib.logical_rules(sharding))

@@ -1,4 +1,4 @@
-"""Grain pipelines: random-access sources → shuffle → repeat → mixture → shard by process → `prepare` → batch → prefetch.
+"""Grain pipelines: sources → shuffle → repeat → mixture → shard by process → `prepare` → batch → prefetch.
 
 Determinism: the order of samples is a function of (`seed`, the sources, their weights, `worker_count`); each
 example's augmentation draws from `np.random.default_rng((seed, position))`, where `position` is its place in the
