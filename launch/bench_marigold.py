@@ -178,29 +178,38 @@ def torch_worker(part, folder, repeats, out_dir):
     return _report("torch", results, out_dir, lambda o: o.numpy().transpose(0, 2, 3, 1) if hasattr(o, "numpy") else o)
 
 
+def _jax_component(folder, component, module_cls, attention):
+    """One network of the folder (module, params), loaded alone as the PyTorch side loads it."""
+    from marigold_jax.convert_diffusers import params_from_torch, read_safetensors
+
+    with open(os.path.join(folder, component, "config.json")) as f:
+        module = module_cls.from_config(json.load(f), attention_impl=attention)
+    weights = read_safetensors(os.path.join(folder, component, "diffusion_pytorch_model.safetensors"))
+    return module, params_from_torch(module, weights, component)
+
+
 def jax_worker(part, folder, repeats, out_dir, attention):
     import jax
     import jax.numpy as jnp
 
     import marigold_jax
+    from marigold_jax.unet import UNet2DConditionModel
     from marigold_jax.vae import AutoencoderKL
 
     x = _inputs()
     results = {}
-    if part in ("unet", "vae"):
-        loaded = marigold_jax.load_folder(folder, attention_impl=attention)
-        if part == "unet":
-            unet, params = loaded.unet, loaded.unet_params
-            step = jax.jit(lambda p, s, t: unet.apply(p, s, 999, t))
-            sample, text = jnp.asarray(x["unet_sample"]), jnp.asarray(x["text"])
-            results["unet step"] = _measure(lambda: step(params, sample, text).block_until_ready(), repeats)
-        else:
-            vae, params = loaded.vae, loaded.vae_params
-            encode = jax.jit(lambda p, i: vae.apply(p, i, method=AutoencoderKL.encode_mean))
-            decode = jax.jit(lambda p, z: vae.apply(p, z, method=AutoencoderKL.decode))
-            image, latent = jnp.asarray(x["image"]), jnp.asarray(x["latent"])
-            results["vae encode"] = _measure(lambda: encode(params, image).block_until_ready(), repeats)
-            results["vae decode"] = _measure(lambda: decode(params, latent).block_until_ready(), repeats)
+    if part == "unet":
+        unet, params = _jax_component(folder, "unet", UNet2DConditionModel, attention)
+        step = jax.jit(lambda p, s, t: unet.apply(p, s, 999, t))
+        sample, text = jnp.asarray(x["unet_sample"]), jnp.asarray(x["text"])
+        results["unet step"] = _measure(lambda: step(params, sample, text).block_until_ready(), repeats)
+    elif part == "vae":
+        vae, params = _jax_component(folder, "vae", AutoencoderKL, attention)
+        encode = jax.jit(lambda p, i: vae.apply(p, i, method=AutoencoderKL.encode_mean))
+        decode = jax.jit(lambda p, z: vae.apply(p, z, method=AutoencoderKL.decode))
+        image, latent = jnp.asarray(x["image"]), jnp.asarray(x["latent"])
+        results["vae encode"] = _measure(lambda: encode(params, image).block_until_ready(), repeats)
+        results["vae decode"] = _measure(lambda: decode(params, latent).block_until_ready(), repeats)
     else:
         pipeline = marigold_jax.load(folder, attention_impl=attention)
         image = _coffee()

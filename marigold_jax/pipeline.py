@@ -7,6 +7,7 @@ denoising loop (`sampling`), unpadding, ensembling on the host (`ensemble`), res
 """
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,24 +158,23 @@ class MarigoldPipeline:
         """
         if expect is not None and expect != self.modality:
             raise ValueError(
-                f"this is a Marigold {self.modality} checkpoint; call predict_{self.modality} instead of predict_{expect}"
+                f"this is a Marigold {self.modality} checkpoint; call predict_{self.modality}, not predict_{expect}"
             )
         images = image_processing.check_rgb_uint8(image)
-        steps = num_inference_steps if num_inference_steps is not None else self.model_index.get("default_denoising_steps")
-        resolution = (
-            processing_resolution
-            if processing_resolution is not None
-            else self.model_index.get("default_processing_resolution")
-        )
+        steps, resolution = num_inference_steps, processing_resolution
+        if steps is None:
+            steps = self.model_index.get("default_denoising_steps")
+        if resolution is None:
+            resolution = self.model_index.get("default_processing_resolution")
         kwargs = self._check_knobs(
             steps, ensemble_size, resolution, resample_method_input, resample_method_output, batch_size,
             ensembling_kwargs, output_uncertainty,
         )
         n, height, width, _ = images.shape
         x, padding = image_processing.preprocess(images, resolution, resample_method_input, self.vae_scale_factor)
-        image_latent = self._encode(x, batch_size)
-        image_latent = jnp.repeat(image_latent, ensemble_size, axis=0)
-        noise = self._initial_noise(latents, image_latent.shape, seed)
+        f = self.vae_scale_factor
+        noise = self._initial_noise(latents, (n * ensemble_size, x.shape[1] // f, x.shape[2] // f), seed)
+        image_latent = jnp.repeat(self._encode(x, batch_size), ensemble_size, axis=0)
         latent = self._denoise(image_latent, noise, steps, batch_size, seed)
         members = self._decode(latent, batch_size)
         members = np.asarray(image_processing.unpad(members.reshape(-1, *members.shape[2:]), padding))
@@ -244,9 +244,9 @@ class MarigoldPipeline:
             out.append(latent[: stop - start])
         return jnp.concatenate(out)
 
-    def _initial_noise(self, latents, image_latent_shape, seed: int) -> jnp.ndarray:
-        b, h, w, c = image_latent_shape
-        shape = (b, h, w, c * self.n_targets)
+    def _initial_noise(self, latents, size: tuple[int, int, int], seed: int) -> jnp.ndarray:
+        """Initial target latents [M, h, w, 4T] for `size` = (M, h, w): `latents` checked, or drawn from `seed`."""
+        shape = (*size, self.vae.latent_channels * self.n_targets)
         if latents is None:
             return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
         latents = np.asarray(latents)

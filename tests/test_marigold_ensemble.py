@@ -23,7 +23,10 @@ def _depth_members(seed, e=3, h=21, w=30):
     """Affinely distorted noisy copies of one depth map in [0, 1], [E, H, W, 1] float32."""
     rng = np.random.default_rng(seed)
     base = rng.random((h, w, 1))
-    members = [np.clip(base * rng.uniform(0.6, 1.4) + rng.uniform(-0.2, 0.2) + 0.05 * rng.standard_normal(base.shape), 0, 1) for _ in range(e)]
+    members = [
+        np.clip(base * rng.uniform(0.6, 1.4) + rng.uniform(-0.2, 0.2) + 0.05 * rng.standard_normal(base.shape), 0, 1)
+        for _ in range(e)
+    ]
     return np.stack(members).astype(np.float32)
 
 
@@ -99,7 +102,9 @@ def test_depth_alignment_fit_runs_at_max_res_like_diffusers():
 @pytest.mark.parametrize("reduction", ["median", "mean"])
 def test_depth_ensemble_without_solver_steps_equals_diffusers(reduction):
     members = _depth_members(7, e=5)
-    ref, ref_unc = MarigoldDepthPipeline.ensemble_depth(_nchw(members), output_uncertainty=True, reduction=reduction, max_iter=0)
+    ref, ref_unc = MarigoldDepthPipeline.ensemble_depth(
+        _nchw(members), output_uncertainty=True, reduction=reduction, max_iter=0
+    )
     got, unc = ensemble.ensemble_depth(members, output_uncertainty=True, reduction=reduction, max_iter=0)
     np.testing.assert_allclose(got, _nhwc(ref), atol=1e-6)
     np.testing.assert_allclose(unc, _nhwc(ref_unc), atol=1e-6)
@@ -125,7 +130,9 @@ def test_normals_ensemble_equals_diffusers(reduction, e):
 @pytest.mark.parametrize("e", [3, 4])
 def test_intrinsics_ensemble_equals_diffusers(reduction, e):
     targets = np.random.default_rng(e).random((e, 2, 7, 5, 3)).astype(np.float32)
-    ref, ref_unc = MarigoldIntrinsicsPipeline.ensemble_intrinsics(torch.from_numpy(np.moveaxis(targets, -1, 2)), True, reduction)
+    ref, ref_unc = MarigoldIntrinsicsPipeline.ensemble_intrinsics(
+        torch.from_numpy(np.moveaxis(targets, -1, 2)), True, reduction
+    )
     got, unc = ensemble.ensemble_intrinsics(targets, True, reduction)
     np.testing.assert_allclose(got, np.moveaxis(ref.numpy(), 1, -1), atol=1e-6)
     np.testing.assert_allclose(unc, np.moveaxis(ref_unc.numpy(), 1, -1), atol=1e-6)

@@ -32,12 +32,14 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 import marigold_jax
 
 V1_1 = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, prediction_type="v_prediction",
-    rescale_betas_zero_snr=True, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing",
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=False, steps_offset=1,
+    timestep_spacing="trailing",
 )
 LCM = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, prediction_type="v_prediction",
-    original_inference_steps=50, set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    prediction_type="v_prediction", original_inference_steps=50, set_alpha_to_one=True, steps_offset=1,
+    timestep_spacing="leading",
 )
 APPEARANCE = {
     "target_names": ["albedo", "material"],

@@ -1,4 +1,5 @@
-"""Schedulers equal diffusers' DDIMScheduler / LCMScheduler for the Marigold checkpoint configs, to float32 precision."""
+"""Schedulers equal diffusers' DDIMScheduler / LCMScheduler for the Marigold checkpoints' configs, to float32
+precision."""
 
 import numpy as np
 import pytest
@@ -39,7 +40,9 @@ MARIGOLD_LCM = dict(
 DDIM_CONFIGS = {
     "v1.1": MARIGOLD_V1_1,
     "v1.0": MARIGOLD_V1_0,
-    "linspace-epsilon-clip": {**MARIGOLD_V1_0, "timestep_spacing": "linspace", "prediction_type": "epsilon", "clip_sample": True},
+    "linspace-epsilon-clip": {
+        **MARIGOLD_V1_0, "timestep_spacing": "linspace", "prediction_type": "epsilon", "clip_sample": True
+    },
     "trailing-sample-alpha1": {**MARIGOLD_V1_1, "prediction_type": "sample", "set_alpha_to_one": True},
 }
 LCM_CONFIGS = {
@@ -116,7 +119,9 @@ def test_lcm_timesteps_and_every_step_equal_diffusers(name, steps):
     _run_both(config, steps, _diffusers(config, ac), dict(rtol=1e-6, atol=1e-6))
 
 
-@pytest.mark.parametrize("config,steps", [(MARIGOLD_V1_1, 1), (MARIGOLD_V1_1, 4), (MARIGOLD_V1_0, 50), (MARIGOLD_LCM, 1), (MARIGOLD_LCM, 4)])
+@pytest.mark.parametrize(
+    "config,steps", [(MARIGOLD_V1_1, 1), (MARIGOLD_V1_1, 4), (MARIGOLD_V1_0, 50), (MARIGOLD_LCM, 1), (MARIGOLD_LCM, 4)]
+)
 def test_marigold_samplers_equal_diffusers_on_its_own_schedule(config, steps):
     _run_both(config, steps, _diffusers(config), dict(rtol=1e-6, atol=1e-6))
 
@@ -140,8 +145,9 @@ def test_add_noise_and_velocity_equal_ddpm(rescale):
     x0, noise = (rng.standard_normal((4, 6, 5, 4)).astype(np.float32) for _ in range(2))
     t = np.array([0, 17, 500, 999])
     args = torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)
-    np.testing.assert_allclose(schedulers.add_noise(ac, x0, noise, t), ref.add_noise(*args).numpy(), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(schedulers.get_velocity(ac, x0, noise, t), ref.get_velocity(*args).numpy(), rtol=1e-6, atol=1e-6)
+    tol = dict(rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(schedulers.add_noise(ac, x0, noise, t), ref.add_noise(*args).numpy(), **tol)
+    np.testing.assert_allclose(schedulers.get_velocity(ac, x0, noise, t), ref.get_velocity(*args).numpy(), **tol)
 
 
 def test_config_round_trips_through_diffusers_json():
