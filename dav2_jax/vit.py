@@ -40,15 +40,35 @@ def _init(init, *names):
     return nn.with_logical_partitioning(init, names)
 
 
+class Linear(nn.Module):
+    """A dense layer whose kernel is stored at its full multi-axis shape, e.g. (C, 3, heads, head_dim) for qkv.
+
+    `nn.DenseGeneral` flattens such kernels when it re-runs the initialiser for shape checks, which breaks logical
+    partitioning with more than two names under `nn.logical_axis_rules`; this layer never flattens.
+    features: output axes; axis: contracted input axes; names: logical names of the kernel (inputs then outputs).
+    """
+
+    features: tuple[int, ...]
+    names: tuple[str | None, ...]
+    axis: tuple[int, ...] = (-1,)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        axis = tuple(a % x.ndim for a in self.axis)
+        n_in, n_out = len(axis), len(self.features)
+        shape = tuple(x.shape[a] for a in axis) + tuple(self.features)
+        init = nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+        kernel = self.param("kernel", _init(init, *self.names), shape)
+        bias = self.param("bias", _init(nn.initializers.zeros, *self.names[n_in:]), tuple(self.features))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), ((axis, tuple(range(n_in))), ((), ())))
+        return y + bias.astype(self.dtype)
+
+
 def _dense(features, names, name, dtype, axis=-1):
-    return nn.DenseGeneral(
-        features,
-        axis=axis,
-        dtype=dtype,
-        kernel_init=_init(nn.initializers.lecun_normal(), *names),
-        bias_init=_init(nn.initializers.zeros, *names[-(len(features) if isinstance(features, tuple) else 1):]),
-        name=name,
-    )
+    features = features if isinstance(features, tuple) else (features,)
+    axis = axis if isinstance(axis, tuple) else (axis,)
+    return Linear(features, names, axis, dtype, name=name)
 
 
 def _layer_norm(name, dtype):
