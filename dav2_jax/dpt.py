@@ -5,10 +5,8 @@ Submodule names mirror the official module tree (`projects.i`, `resize_layers.i`
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-
-from dav2_jax.resize import linear_align_corners_matrix
+import numpy as np
 
 
 def _init(init, *names):
@@ -33,14 +31,25 @@ def conv(features, kernel, name, dtype, stride=1, padding=None, bias=True, trans
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), **kw)
 
 
+def _lerp_axis(x, axis: int, out_size: int):
+    """Linear interpolation with align_corners=True along one axis: two gathers and a blend (no dense matmul)."""
+    in_size = x.shape[axis]
+    src = np.arange(out_size) * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros(out_size)
+    lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    shape = [1] * x.ndim
+    shape[axis] = out_size
+    frac = jnp.asarray((src - lo).reshape(shape), x.dtype)
+    return jnp.take(x, lo, axis=axis) * (1 - frac) + jnp.take(x, hi, axis=axis) * frac
+
+
 def resize_align_corners(x, height: int, width: int):
     """Bilinear resize with `align_corners=True` semantics. x: [B, h, w, C] → [B, height, width, C]."""
-    b, h, w, c = x.shape
-    if (h, w) == (height, width):
-        return x
-    wh = jnp.asarray(linear_align_corners_matrix(h, height), x.dtype)
-    ww = jnp.asarray(linear_align_corners_matrix(w, width), x.dtype)
-    return jnp.einsum("oh,bhwc,pw->bopc", wh, x, ww, precision=jax.lax.Precision.HIGHEST)
+    if x.shape[1] != height:
+        x = _lerp_axis(x, 1, height)
+    if x.shape[2] != width:
+        x = _lerp_axis(x, 2, width)
+    return x
 
 
 class ResidualConvUnit(nn.Module):

@@ -39,23 +39,6 @@ def cubic_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.
     return w
 
 
-@functools.lru_cache(maxsize=256)
-def linear_align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float64 weights of `F.interpolate(mode="bilinear", align_corners=True)` along one axis."""
-    if out_size == 1 or in_size == 1:
-        src = np.zeros(out_size)
-    else:
-        src = np.arange(out_size) * (in_size - 1) / (out_size - 1)
-    lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = src - lo
-    w = np.zeros((out_size, in_size))
-    rows = np.arange(out_size)
-    np.add.at(w, (rows, lo), 1 - frac)
-    np.add.at(w, (rows, hi), frac)
-    return w
-
-
 def resize_host(x: np.ndarray, wh: np.ndarray, ww: np.ndarray) -> np.ndarray:
     """Resize a host array x [H, W, C] with `wh` (H', H) and `ww` (W', W) → [H', W', C], in x's dtype."""
     y = np.einsum("oh,hwc->owc", wh.astype(x.dtype), x, optimize=True)

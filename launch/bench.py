@@ -41,9 +41,9 @@ def bench_dav2(argv):
     from dav2_jax import convert_official
     from dav2_jax.checkpoints import param_template
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from oracles import OFFICIAL_CONFIGS, official_dav2  # the official code needs the tests' torchvision stand-in
+    from oracles import official_model  # the official code needs the tests' torchvision stand-in
 
-    ref = official_dav2().DepthAnythingV2(**OFFICIAL_CONFIGS[args.encoder]).eval()
+    ref = official_model(args.encoder)
     model = dav2_jax.DepthAnythingV2(args.encoder, attention_impl=args.attention)
     params = convert_official.from_state_dict({k: v.numpy() for k, v in ref.state_dict().items()},
                                               param_template(model))

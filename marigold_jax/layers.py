@@ -69,15 +69,42 @@ def layer_norm(eps, name, dtype):
     )
 
 
+def _attention_heads_first(q, k, v, chunk=256):
+    """Softmax attention in [B, heads, chunk, N] query blocks, normalised after the value product.
+
+    Same maths as `jax.nn.dot_product_attention`; on XLA's CPU backend it runs about 4x faster at a thousand
+    tokens and more, because each block's logits stay in cache (measured: DAv2-S at 518², 12 layers, 1.25 s → 0.32 s;
+    PyTorch's fused kernel takes 0.28 s). q, k, v: [B, N, heads, head_dim] → [B, Nq, heads, head_dim].
+    """
+    b, n, h, d = q.shape
+    qh = jnp.transpose(q * jnp.asarray(d ** -0.5, q.dtype), (0, 2, 1, 3))
+    kt = jnp.transpose(k, (0, 2, 3, 1))
+    vh = jnp.transpose(v, (0, 2, 1, 3))
+    chunk = min(chunk, n)
+    pad = (-n) % chunk
+    blocks = jnp.pad(qh, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, h, -1, chunk, d).transpose(2, 0, 1, 3, 4)
+
+    def block(qc):
+        logits = jnp.matmul(qc, kt).astype(jnp.float32)
+        weights = jnp.exp(logits - logits.max(-1, keepdims=True))
+        out = jnp.matmul(weights.astype(v.dtype), vh).astype(jnp.float32)
+        return (out / weights.sum(-1, keepdims=True)).astype(v.dtype)
+
+    out = jax.lax.map(block, blocks).transpose(1, 2, 0, 3, 4).reshape(b, h, -1, d)[:, :, :n]
+    return jnp.transpose(out, (0, 2, 1, 3))
+
+
 def dot_product_attention(q, k, v, is_causal=False, implementation="xla"):
     """Softmax attention with scale head_dim^-0.5. q: [B, Lq, heads, head_dim], k, v: [B, Lk, heads, head_dim].
 
     "xla" is `jax.nn.dot_product_attention` (fused kernels on TPU/GPU); "heads_first" is the same maths laid out
-    `[B, heads, Lq, Lk]` with a float32 softmax, which XLA's CPU backend runs markedly faster
-    (../shared/reference/performance.md). Returns [B, Lq, heads, head_dim].
+    `[B, heads, Lq, Lk]` with a float32 softmax, in query blocks when there is no causal mask, which XLA's CPU
+    backend runs several times faster (../shared/reference/performance.md). Returns [B, Lq, heads, head_dim].
     """
     if implementation == "xla":
         return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
+    if implementation == "heads_first" and not is_causal:
+        return _attention_heads_first(q, k, v)
     if implementation == "heads_first":
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), k)
         logits = logits.astype(jnp.float32)
