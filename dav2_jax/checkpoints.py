@@ -63,18 +63,6 @@ def _metric_range_from_name(path: str) -> float | None:
     raise ValueError(f"{path!r} looks like a metric checkpoint but names no scene type; pass max_depth (20 or 80)")
 
 
-def _read_torch(path: str) -> dict:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for a file that is not a checkpoint
-        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint: {e}") from e
-    if not isinstance(state, dict):
-        raise ValueError(f"{path!r} holds a {type(state).__name__}, expected a state dict")
-    return {k: v.float().numpy() for k, v in convert_official.strip_wrappers(state).items() if hasattr(v, "numpy")}
-
-
 def _read_safetensors(path: str) -> dict:
     from safetensors.numpy import load_file
 
@@ -109,7 +97,7 @@ def load(path: str, max_depth: float | None = None, dtype=jnp.float32, attention
             hf.update(_read_safetensors(os.path.join(path, f)))
         state_dict = convert_hf.hf_to_official(hf)
     else:
-        state_dict = _read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
+        state_dict = _read_safetensors(path) if path.endswith(".safetensors") else convert_official.read_pth(path)
         state_dict = convert_official.strip_wrappers(state_dict)
         encoder = convert_official.detect_encoder(state_dict)
         depth_range = max_depth if max_depth is not None else _metric_range_from_name(path)

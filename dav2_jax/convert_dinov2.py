@@ -34,21 +34,6 @@ _REGISTERS = (
 )
 
 
-def _read_pth(path: str) -> dict[str, np.ndarray]:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for a file that is not a checkpoint
-        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint: {e}") from e
-    if not isinstance(state, dict):
-        raise ValueError(f"{path!r} holds a {type(state).__name__}, expected a DINOv2 state dict")
-    if isinstance(state.get("teacher"), dict):  # DINOv2 training output (teacher_checkpoint.pth)
-        state = state["teacher"]
-    state = convert_official.strip_wrappers(state)
-    return {k: v.float().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
 def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
@@ -91,7 +76,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     elif path.endswith(".safetensors"):
         state = _read_safetensors([path])
     elif path.endswith((".pth", ".pt")):
-        state = _read_pth(path)
+        state = convert_official.read_pth(path)
     else:
         raise ValueError(f"{path!r}: expected an official DINOv2 .pth, a transformers folder or a .safetensors file")
     if any(k.startswith(("pretrained.", "depth_head.", "neck.", "head.")) for k in state):

@@ -98,9 +98,23 @@ def from_state_dict(state_dict, template) -> dict:
     return {"params": traverse_util.unflatten_dict(out)}
 
 
+def read_pth(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch checkpoint file as float32 NumPy arrays, wrappers stripped (needs torch)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for a file that is not a checkpoint
+        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint: {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, expected a state dict")
+    return {k: v.float().numpy() for k, v in strip_wrappers(state).items() if isinstance(v, torch.Tensor)}
+
+
 def strip_wrappers(state_dict: dict) -> dict:
-    """Accept `{"model": sd}` / `{"state_dict": sd}` wrappers and DDP `module.` prefixes (metric train.py output)."""
-    for wrapper in ("model", "state_dict"):
+    """Accept `{"model": sd}` / `{"state_dict": sd}` wrappers (metric train.py output), `{"teacher": sd}` (DINOv2
+    training output) and DDP `module.` prefixes."""
+    for wrapper in ("model", "state_dict", "teacher"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}

@@ -9,7 +9,6 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dav2_jax.resize import cubic_matrix
 
