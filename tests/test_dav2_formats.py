@@ -1,6 +1,5 @@
 """Checkpoint formats both ways: official .pth, transformers folders, our folder; clear errors for bad input."""
 
-import os
 import subprocess
 import sys
 

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import pytest
 import skimage.data
-import torch
 
 import dav2_jax
 from dav2_jax import convert_official
