@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 SD2_UNET = dict(
-    in_channels=8,
+    in_channels=8,  # Marigold depth/normals: image latent + noisy target latent
     out_channels=4,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from launch.bench_marigold import SD2_UNET, SD_VAE
 from marigold_jax.clip import CLIPTextModel
 from marigold_jax.convert_diffusers import params_from_torch, params_to_torch
 from marigold_jax.unet import UNet2DConditionModel
@@ -237,30 +238,6 @@ def test_clip_text_model_matches_transformers(act):
     assert relative_error(out, expected) <= 1e-4
 
 
-SD2_UNET = dict(
-    in_channels=8,  # Marigold depth/normals: image latent + noisy target latent
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    layers_per_block=2,
-    attention_head_dim=(5, 10, 20, 20),
-    cross_attention_dim=1024,
-    norm_num_groups=32,
-    norm_eps=1e-5,
-    use_linear_projection=True,
-    upcast_attention=True,
-)
-SD2_VAE = dict(
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    latent_channels=4,
-)
-
-
 @pytest.mark.slow
 def test_full_size_sd2_unet_matches_diffusers_at_an_8x8_latent():
     assert check_unet(SD2_UNET, (8, 8), 999) <= 1e-4
@@ -268,5 +245,5 @@ def test_full_size_sd2_unet_matches_diffusers_at_an_8x8_latent():
 
 @pytest.mark.slow
 def test_full_size_sd_vae_matches_diffusers_at_32x32():
-    mean_err, image_err = check_vae(SD2_VAE, 32)
+    mean_err, image_err = check_vae(SD_VAE, 32)
     assert mean_err <= 1e-4 and image_err <= 1e-4, (mean_err, image_err)
