@@ -21,41 +21,8 @@ _FIXED_OPTIONS = {
 }
 
 
-class Encoder(nn.Module):
-    """Image [B, H, W, Cin] → posterior moments [B, H/2^(n-1), W/2^(n-1), 2 * latent_channels] (mean, log-var)."""
-
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-    latent_channels: int
-    groups: int
-    mid_block_add_attention: bool = True
-    attention_impl: str = "xla"
-    remat: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        common = dict(
-            groups=self.groups, eps=1e-6, attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype
-        )
-        x = conv(self.block_out_channels[0], 3, "conv_in", self.dtype)(x)
-        for i, channels in enumerate(self.block_out_channels):
-            x, _ = DownBlock2D(
-                channels,
-                num_layers=self.layers_per_block,
-                add_downsample=i < len(self.block_out_channels) - 1,
-                downsample_padding=0,
-                name=f"down_blocks_{i}",
-                **common,
-            )(x)
-        attention = "self" if self.mid_block_add_attention else None
-        x = MidBlock2D(self.block_out_channels[-1], attention=attention, name="mid_block", **common)(x)
-        x = nn.silu(group_norm(self.groups, 1e-6, "conv_norm_out", self.dtype)(x))
-        return conv(2 * self.latent_channels, 3, "conv_out", self.dtype)(x)
-
-
-class Decoder(nn.Module):
-    """Latent [B, h, w, latent_channels] → image [B, h * 2^(n-1), w * 2^(n-1), out_channels]."""
+class _Coder(nn.Module):
+    """What the VAE encoder and decoder share: their fields, block options, mid block and output head."""
 
     block_out_channels: tuple[int, ...]
     layers_per_block: int
@@ -66,24 +33,55 @@ class Decoder(nn.Module):
     remat: bool = False
     dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, z):
-        common = dict(
+    def _block_options(self):
+        return dict(
             groups=self.groups, eps=1e-6, attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype
         )
-        x = conv(self.block_out_channels[-1], 3, "conv_in", self.dtype)(z)
+
+    def _mid_block(self, x):
         attention = "self" if self.mid_block_add_attention else None
-        x = MidBlock2D(self.block_out_channels[-1], attention=attention, name="mid_block", **common)(x)
+        block = MidBlock2D(self.block_out_channels[-1], attention=attention, name="mid_block", **self._block_options())
+        return block(x)
+
+    def _head(self, x):
+        x = nn.silu(group_norm(self.groups, 1e-6, "conv_norm_out", self.dtype)(x))
+        return conv(self.out_channels, 3, "conv_out", self.dtype)(x)
+
+
+class Encoder(_Coder):
+    """Image [B, H, W, Cin] → posterior moments [B, H/2^(n-1), W/2^(n-1), out_channels] (mean, log-var; so
+    out_channels = 2 * latent_channels)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = conv(self.block_out_channels[0], 3, "conv_in", self.dtype)(x)
+        for i, channels in enumerate(self.block_out_channels):
+            x, _ = DownBlock2D(
+                channels,
+                num_layers=self.layers_per_block,
+                add_downsample=i < len(self.block_out_channels) - 1,
+                downsample_padding=0,
+                name=f"down_blocks_{i}",
+                **self._block_options(),
+            )(x)
+        return self._head(self._mid_block(x))
+
+
+class Decoder(_Coder):
+    """Latent [B, h, w, latent_channels] → image [B, h * 2^(n-1), w * 2^(n-1), out_channels]."""
+
+    @nn.compact
+    def __call__(self, z):
+        x = self._mid_block(conv(self.block_out_channels[-1], 3, "conv_in", self.dtype)(z))
         for i, channels in enumerate(reversed(self.block_out_channels)):
             x = UpBlock2D(
                 channels,
                 num_layers=self.layers_per_block + 1,
                 add_upsample=i < len(self.block_out_channels) - 1,
                 name=f"up_blocks_{i}",
-                **common,
+                **self._block_options(),
             )(x)
-        x = nn.silu(group_norm(self.groups, 1e-6, "conv_norm_out", self.dtype)(x))
-        return conv(self.out_channels, 3, "conv_out", self.dtype)(x)
+        return self._head(x)
 
 
 class AutoencoderKL(nn.Module):
@@ -142,7 +140,7 @@ class AutoencoderKL(nn.Module):
             remat=self.remat,
             dtype=self.dtype,
         )
-        self.encoder = Encoder(latent_channels=self.latent_channels, **common)
+        self.encoder = Encoder(out_channels=2 * self.latent_channels, **common)
         self.decoder = Decoder(out_channels=self.out_channels, **common)
         n = 2 * self.latent_channels
         self.quant_conv = conv(n, 1, None, self.dtype) if self.use_quant_conv else None
