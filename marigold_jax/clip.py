@@ -56,8 +56,8 @@ class CLIPMLP(nn.Module):
         return dense(self.hidden_size, ("mlp", "embed"), "fc2", self.dtype)(h)
 
 
-class CLIPEncoderLayer(nn.Module):
-    """Pre-LayerNorm transformer layer. x: [B, L, C] → [B, L, C]."""
+class _LayerFields(nn.Module):
+    """The fields of one pre-LayerNorm encoder layer, shared by `CLIPEncoderLayer` and `CLIPEncoder`."""
 
     hidden_size: int
     heads: int
@@ -66,6 +66,22 @@ class CLIPEncoderLayer(nn.Module):
     eps: float
     attention_impl: str = "xla"
     dtype: Any = jnp.float32
+
+    def _layer(self, name):
+        return CLIPEncoderLayer(
+            self.hidden_size,
+            self.heads,
+            self.intermediate_size,
+            self.hidden_act,
+            self.eps,
+            self.attention_impl,
+            self.dtype,
+            name=name,
+        )
+
+
+class CLIPEncoderLayer(_LayerFields):
+    """Pre-LayerNorm transformer layer. x: [B, L, C] → [B, L, C]."""
 
     @nn.compact
     def __call__(self, x):
@@ -98,31 +114,15 @@ class CLIPEmbeddings(nn.Module):
         )(positions)
 
 
-class CLIPEncoder(nn.Module):
+class CLIPEncoder(_LayerFields, kw_only=True):
     """`num_layers` encoder layers (`layers_N`). x: [B, L, C] → [B, L, C]."""
 
     num_layers: int
-    hidden_size: int
-    heads: int
-    intermediate_size: int
-    hidden_act: str
-    eps: float
-    attention_impl: str = "xla"
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         for i in range(self.num_layers):
-            x = CLIPEncoderLayer(
-                self.hidden_size,
-                self.heads,
-                self.intermediate_size,
-                self.hidden_act,
-                self.eps,
-                self.attention_impl,
-                self.dtype,
-                name=f"layers_{i}",
-            )(x)
+            x = self._layer(f"layers_{i}")(x)
         return x
 
 
@@ -170,14 +170,14 @@ class CLIPTextModel(nn.Module):
             self.vocab_size, self.hidden_size, self.max_position_embeddings, self.dtype, name="embeddings"
         )(input_ids)
         x = CLIPEncoder(
-            self.num_hidden_layers,
-            self.hidden_size,
-            self.num_attention_heads,
-            self.intermediate_size,
-            self.hidden_act,
-            self.layer_norm_eps,
-            self.attention_impl,
-            self.dtype,
+            hidden_size=self.hidden_size,
+            heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act=self.hidden_act,
+            eps=self.layer_norm_eps,
+            attention_impl=self.attention_impl,
+            dtype=self.dtype,
+            num_layers=self.num_hidden_layers,
             name="encoder",
         )(x)
         return layer_norm(self.layer_norm_eps, "final_layer_norm", self.dtype)(x)
