@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from launch.eval.normals import read_frame
 from launch.eval.samples import DepthSample, NormalsSample, read_split, require_dir
 from launch.images import read_rgb
 
@@ -69,10 +70,5 @@ class DiodeNormals:
 
     def __getitem__(self, i):
         rgb_path, normals_path = self.rows[i]
-        rgb = read_rgb(os.path.join(self.root, rgb_path))
-        normals = np.load(os.path.join(self.root, normals_path)).astype(np.float32)
-        if normals.shape != (*rgb.shape[:2], 3):
-            raise ValueError(
-                f"{normals_path}: expected normals [{rgb.shape[0]}, {rgb.shape[1]}, 3], got {normals.shape}"
-            )
+        rgb, normals = read_frame(self.root, rgb_path, normals_path)
         return NormalsSample(os.path.splitext(rgb_path)[0], rgb, normals, np.linalg.norm(normals, axis=-1) > 0)

@@ -18,6 +18,15 @@ SPLIT_FILES = {"nyu": "nyuv2_test.txt", "scannet": "scannet_test.txt", "ibims": 
 SINTEL_CROP = 221  # Marigold crops 221 columns off each side of Sintel's 1024-wide frames (→ 582)
 
 
+def read_frame(root, rgb_path, normals_path):
+    """RGB uint8 [H, W, 3] and normals float32 [H, W, 3] of one frame, paths relative to root."""
+    rgb = read_rgb(os.path.join(root, rgb_path))
+    normals = np.load(os.path.join(root, normals_path)).astype(np.float32)
+    if normals.shape != (*rgb.shape[:2], 3):
+        raise ValueError(f"{normals_path}: expected normals [{rgb.shape[0]}, {rgb.shape[1]}, 3], got {normals.shape}")
+    return rgb, normals
+
+
 def discover(root):
     rows = []
     for normal in sorted(glob.glob(os.path.join(root, "**", "*_normal.npy"), recursive=True)):
@@ -50,12 +59,7 @@ class MarigoldNormals:
 
     def __getitem__(self, i):
         rgb_path, normals_path = self.rows[i]
-        rgb = read_rgb(os.path.join(self.root, rgb_path))
-        normals = np.load(os.path.join(self.root, normals_path)).astype(np.float32)
-        if normals.shape != (*rgb.shape[:2], 3):
-            raise ValueError(
-                f"{normals_path}: expected normals [{rgb.shape[0]}, {rgb.shape[1]}, 3], got {normals.shape}"
-            )
+        rgb, normals = read_frame(self.root, rgb_path, normals_path)
         if self.family == "sintel":
             sky = np.linalg.norm(normals, axis=-1) <= 0.1
             normals[sky] = (0.0, 0.0, 1.0)
