@@ -44,10 +44,9 @@ def dense(features, axes, name, dtype, use_bias=True):
     )
 
 
-def group_norm(groups, eps, name, dtype):
-    """GroupNorm over the last (channel) axis and all spatial/token axes, as `torch.nn.GroupNorm` on NCHW."""
-    return nn.GroupNorm(
-        num_groups=groups,
+def _norm_options(eps, name, dtype):
+    """Options GroupNorm and LayerNorm share: two-pass variance as PyTorch, scale and bias on the `norm` axis."""
+    return dict(
         epsilon=eps,
         use_fast_variance=False,
         dtype=dtype,
@@ -55,18 +54,16 @@ def group_norm(groups, eps, name, dtype):
         bias_init=partitioned(nn.initializers.zeros, "norm"),
         name=name,
     )
+
+
+def group_norm(groups, eps, name, dtype):
+    """GroupNorm over the last (channel) axis and all spatial/token axes, as `torch.nn.GroupNorm` on NCHW."""
+    return nn.GroupNorm(num_groups=groups, **_norm_options(eps, name, dtype))
 
 
 def layer_norm(eps, name, dtype):
     """LayerNorm over the last axis."""
-    return nn.LayerNorm(
-        epsilon=eps,
-        use_fast_variance=False,
-        dtype=dtype,
-        scale_init=partitioned(nn.initializers.ones, "norm"),
-        bias_init=partitioned(nn.initializers.zeros, "norm"),
-        name=name,
-    )
+    return nn.LayerNorm(**_norm_options(eps, name, dtype))
 
 
 def _attention_heads_first(q, k, v, chunk=256):
