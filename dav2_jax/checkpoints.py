@@ -46,9 +46,7 @@ def detect_format(path: str) -> str:
         raise ValueError(
             f"{path!r} is a folder with neither {JAX_CONFIG} (our format) nor config.json (a transformers folder)"
         )
-    if path.endswith((".pth", ".pt")):
-        return "official"
-    if path.endswith(".safetensors"):
+    if path.endswith((".pth", ".pt", ".safetensors")):
         return "official"
     raise ValueError(f"{path!r}: expected an official .pth file, a transformers folder or a dav2_jax folder")
 
