@@ -193,6 +193,7 @@ def jax_worker(part, folder, repeats, out_dir, attention):
     import jax.numpy as jnp
 
     import marigold_jax
+    from marigold_jax.compilation import jit
     from marigold_jax.unet import UNet2DConditionModel
     from marigold_jax.vae import AutoencoderKL
 
@@ -200,13 +201,13 @@ def jax_worker(part, folder, repeats, out_dir, attention):
     results = {}
     if part == "unet":
         unet, params = _jax_component(folder, "unet", UNet2DConditionModel, attention)
-        step = jax.jit(lambda p, s, t: unet.apply(p, s, 999, t))
+        step = jit(lambda p, s, t: unet.apply(p, s, 999, t))
         sample, text = jnp.asarray(x["unet_sample"]), jnp.asarray(x["text"])
         results["unet step"] = _measure(lambda: step(params, sample, text).block_until_ready(), repeats)
     elif part == "vae":
         vae, params = _jax_component(folder, "vae", AutoencoderKL, attention)
-        encode = jax.jit(lambda p, i: vae.apply(p, i, method=AutoencoderKL.encode_mean))
-        decode = jax.jit(lambda p, z: vae.apply(p, z, method=AutoencoderKL.decode))
+        encode = jit(lambda p, i: vae.apply(p, i, method=AutoencoderKL.encode_mean))
+        decode = jit(lambda p, z: vae.apply(p, z, method=AutoencoderKL.decode))
         image, latent = jnp.asarray(x["image"]), jnp.asarray(x["latent"])
         results["vae encode"] = _measure(lambda: encode(params, image).block_until_ready(), repeats)
         results["vae decode"] = _measure(lambda: decode(params, latent).block_until_ready(), repeats)

@@ -1,29 +1,28 @@
 """The jitted Marigold computation: encode images, denoise ensemble members, decode and post-process. NHWC.
 
-`denoise` is one `jax.jit` program per (U-Net, sampler, shapes), whatever the number of steps: a `fori_loop` over
+`denoise` is one jitted program per (U-Net, sampler, shapes), whatever the number of steps: a `fori_loop` over
 the inference steps, batched over ensemble members. Inputs carrying a `NamedSharding` over their batch axis (with
 parameters replicated on the same mesh) run data-parallel over the devices.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from marigold_jax import schedulers
+from marigold_jax.compilation import jit
 from marigold_jax.unet import UNet2DConditionModel
 from marigold_jax.vae import AutoencoderKL
 
 MODALITIES = ("depth", "normals", "intrinsics")
 
 
-@functools.partial(jax.jit, static_argnames=("vae",))
+@jit(static_argnames=("vae",))
 def encode(vae: AutoencoderKL, vae_params, images: jnp.ndarray) -> jnp.ndarray:
     """Images [B, H, W, 3] in [-1, 1] (H, W multiples of 8) -> scaled posterior means [B, H/8, W/8, 4]."""
     return vae.apply(vae_params, images, method=AutoencoderKL.encode_mean) * vae.scaling_factor
 
 
-@functools.partial(jax.jit, static_argnames=("modality", "use_full_z_range"))
+@jit(static_argnames=("modality", "use_full_z_range"))
 def postprocess(decoded: jnp.ndarray, modality: str, use_full_z_range: bool = True) -> jnp.ndarray:
     """Decoded VAE images [B, H, W, 3] -> predictions as diffusers' `decode_prediction` makes them.
 
@@ -42,7 +41,7 @@ def postprocess(decoded: jnp.ndarray, modality: str, use_full_z_range: bool = Tr
     raise ValueError(f"expected a modality in {MODALITIES}, got {modality!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("unet", "sampler"))
+@jit(static_argnames=("unet", "sampler"))
 def denoise(
     unet: UNet2DConditionModel,
     unet_params,
@@ -82,7 +81,7 @@ def per_target(latent: jnp.ndarray, latent_channels: int = 4) -> jnp.ndarray:
     return latent.reshape(b, h, w, t, latent_channels).transpose(0, 3, 1, 2, 4).reshape(b * t, h, w, latent_channels)
 
 
-@functools.partial(jax.jit, static_argnames=("vae",))
+@jit(static_argnames=("vae",))
 def decode(vae: AutoencoderKL, vae_params, latent: jnp.ndarray) -> jnp.ndarray:
     """Scaled latents [B, h, w, 4] -> decoded images [B, 8h, 8w, 3] (about [-1, 1]), float32."""
     return vae.apply(vae_params, latent / vae.scaling_factor, method=AutoencoderKL.decode).astype(jnp.float32)
