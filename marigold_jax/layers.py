@@ -66,28 +66,49 @@ def layer_norm(eps, name, dtype):
     return nn.LayerNorm(**_norm_options(eps, name, dtype))
 
 
-def _attention_heads_first(q, k, v, chunk=256):
-    """Softmax attention in [B, heads, chunk, N] query blocks, normalised after the value product.
+PER_HEAD_TOKENS = 1024
 
-    Same maths as `jax.nn.dot_product_attention`; on XLA's CPU backend it runs about 4x faster at a thousand
-    tokens and more, because each block's logits stay in cache (measured: DAv2-S at 518², 12 layers, 1.25 s → 0.32 s;
-    PyTorch's fused kernel takes 0.28 s). q, k, v: [B, N, heads, head_dim] → [B, Nq, heads, head_dim].
+
+def _attention_heads_first(q, k, v):
+    """Softmax attention in query blocks laid out heads-first, normalised after the value product.
+
+    Same maths as `jax.nn.dot_product_attention`, in the layout XLA's CPU backend runs fastest (measured on a
+    2-core AVX-512 machine, float32, head_dim 64; PyTorch's fused kernel in brackets):
+    - up to `PER_HEAD_TOKENS` tokens, all heads at once in blocks of 256 queries (DAv2-S at 518², 12 layers of
+      1,370 tokens at 6 heads: 1.25 s with XLA's generic attention → 0.32 s [0.28 s]; 1,024 tokens at 10 heads
+      27 ms [17 ms]; 256 tokens at 20 heads 6 ms);
+    - beyond, one head at a time in blocks of 512 queries, so that each block's logits stay in cache (4,096 tokens
+      at 5 heads, the SD2 U-Net's first level: 232 ms all heads at once → 182 ms [141 ms]).
+    The row sums of the softmax weights come out of the value product (a column of ones appended to v) instead of
+    another pass over the weights. q, k, v: [B, N, heads, head_dim] → [B, Nq, heads, head_dim].
     """
     b, n, h, d = q.shape
+    per_head = n > PER_HEAD_TOKENS
+    chunk = min(512 if per_head else 256, n)
+    pad = (-n) % chunk
+    blocks = (n + pad) // chunk
     qh = jnp.transpose(q * jnp.asarray(d ** -0.5, q.dtype), (0, 2, 1, 3))
+    qh = jnp.pad(qh, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, h, blocks, chunk, d)
     kt = jnp.transpose(k, (0, 2, 3, 1))
     vh = jnp.transpose(v, (0, 2, 1, 3))
-    chunk = min(chunk, n)
-    pad = (-n) % chunk
-    blocks = jnp.pad(qh, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, h, -1, chunk, d).transpose(2, 0, 1, 3, 4)
+    v1 = jnp.concatenate([vh, jnp.ones((*vh.shape[:-1], 1), vh.dtype)], axis=-1)
+    lead = (b * h, 1) if per_head else (1, b * h)  # (groups, heads per block)
+    qg = qh.reshape(*lead, blocks, chunk, d).transpose(0, 2, 1, 3, 4)
+    kg, vg = kt.reshape(*lead, d, kt.shape[-1]), v1.reshape(*lead, v1.shape[-2], d + 1)
 
-    def block(qc):
-        logits = jnp.matmul(qc, kt).astype(jnp.float32)
-        weights = jnp.exp(logits - logits.max(-1, keepdims=True))
-        out = jnp.matmul(weights.astype(v.dtype), vh).astype(jnp.float32)
-        return (out / weights.sum(-1, keepdims=True)).astype(v.dtype)
+    def group(args):
+        queries, keys_t, values = args
 
-    out = jax.lax.map(block, blocks).transpose(1, 2, 0, 3, 4).reshape(b, h, -1, d)[:, :, :n]
+        def block(qc):
+            logits = jnp.matmul(qc, keys_t).astype(jnp.float32)
+            weights = jnp.exp(logits - logits.max(-1, keepdims=True))
+            out = jnp.matmul(weights.astype(v.dtype), values).astype(jnp.float32)
+            return (out[..., :d] / out[..., d:]).astype(v.dtype)
+
+        return jax.lax.map(block, queries)
+
+    out = jax.lax.map(group, (qg, kg, vg))  # [groups, blocks, heads per block, chunk, d]
+    out = out.transpose(0, 2, 1, 3, 4).reshape(b, h, blocks * chunk, d)[:, :, :n]
     return jnp.transpose(out, (0, 2, 1, 3))
 
 

@@ -9,6 +9,7 @@ import pytest
 from launch.bench_marigold import SD2_UNET, SD_VAE
 from marigold_jax.clip import CLIPTextModel
 from marigold_jax.convert_diffusers import params_from_torch, params_to_torch
+from marigold_jax.layers import PER_HEAD_TOKENS, dot_product_attention
 from marigold_jax.unet import UNet2DConditionModel
 from marigold_jax.unet_blocks import DownBlock2D
 from marigold_jax.vae import AutoencoderKL
@@ -144,6 +145,27 @@ def check_unet(config, shape, t, seed=0, **options):
     with jax.default_matmul_precision("highest"):
         out = jax.jit(model.apply)(params, sample, jnp.asarray(t), context)
     return relative_error(out, expected)
+
+
+@pytest.mark.parametrize(
+    "q_len, kv_len, heads, head_dim",
+    [
+        (77, 77, 3, 16),  # one block of all heads
+        (300, 2, 4, 8),  # cross-attention over a two-token prompt, padded last block
+        (PER_HEAD_TOKENS + 1, PER_HEAD_TOKENS + 1, 2, 8),  # one head at a time, padded last block
+        (2 * PER_HEAD_TOKENS, 5, 3, 4),
+    ],
+)
+def test_heads_first_attention_is_as_exact_as_xla_attention(q_len, kv_len, heads, head_dim):
+    rng = np.random.default_rng(q_len)
+    q = rng.standard_normal((2, q_len, heads, head_dim)).astype(np.float32)
+    k, v = (3 * rng.standard_normal((2, kv_len, heads, head_dim)).astype(np.float32) for _ in range(2))
+    logits = np.einsum("bqhd,bkhd->bhqk", q.astype(np.float64), k) / np.sqrt(head_dim)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    exact = np.einsum("bhqk,bkhd->bqhd", weights / weights.sum(-1, keepdims=True), v)
+    xla = relative_error(jax.nn.dot_product_attention(q, k, v), exact)
+    ours = relative_error(jax.jit(lambda *a: dot_product_attention(*a, implementation="heads_first"))(q, k, v), exact)
+    assert ours <= max(2 * xla, 1e-6), (ours, xla)
 
 
 def test_vae_encode_mean_and_decode_match_diffusers():
