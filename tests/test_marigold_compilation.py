@@ -1,10 +1,13 @@
-"""marigold_jax.compilation: the CPU compiler options take effect, and `jit` behaves as jax.jit."""
+"""marigold_jax.compilation: the CPU compiler options take effect, `jit` behaves as jax.jit, freed memory goes back."""
+
+import ctypes
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marigold_jax.compilation import compiler_options, jit
+from marigold_jax.compilation import compiler_options, jit, release_freed_memory
 
 
 def _conv(x, w):
@@ -34,3 +37,18 @@ def test_jit_matches_jax_jit_with_static_arguments():
     np.testing.assert_array_equal(f(x, power=3), x ** 3)
     assert calls == [2, 3]  # traced once per static value, as jax.jit
     assert f.__name__ == "f"
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_release_freed_memory_returns_heap_pages_to_the_os():
+    blocks = [ctypes.create_string_buffer(1 << 16) for _ in range(2048)]  # 128 MiB of blocks below mmap's threshold
+    newest = blocks.pop()  # stays allocated, so that glibc cannot shrink the heap from its top by itself
+    del blocks
+    before = _rss_bytes()
+    assert release_freed_memory()
+    assert _rss_bytes() < before - (64 << 20)
+    del newest
