@@ -189,7 +189,6 @@ def _jax_component(folder, component, module_cls, attention):
 
 
 def jax_worker(part, folder, repeats, out_dir, attention):
-    import jax
     import jax.numpy as jnp
 
     import marigold_jax

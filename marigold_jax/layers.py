@@ -77,10 +77,10 @@ def _attention_heads_first(q, k, v):
     - up to `PER_HEAD_TOKENS` tokens, all heads at once in blocks of 256 queries (DAv2-S at 518², 12 layers of
       1,370 tokens at 6 heads: 1.25 s with XLA's generic attention → 0.32 s [0.28 s]; 1,024 tokens at 10 heads
       27 ms [17 ms]; 256 tokens at 20 heads 6 ms);
-    - beyond, one head at a time in blocks of 512 queries, so that each block's logits stay in cache (4,096 tokens
-      at 5 heads, the SD2 U-Net's first level: 232 ms all heads at once → 182 ms [141 ms]).
-    The row sums of the softmax weights come out of the value product (a column of ones appended to v) instead of
-    another pass over the weights. q, k, v: [B, N, heads, head_dim] → [B, Nq, heads, head_dim].
+    - beyond, one head at a time in blocks of 512 queries (4,096 tokens at 5 heads, the SD2 U-Net's first level:
+      232 ms all heads at once → 182 ms [141 ms]).
+    The row sums of the softmax weights come out of the value product (a column of ones appended to v, accumulated
+    in float32) instead of another pass over the weights. q, k, v: [B, N, heads, head_dim] → [B, Nq, heads, head_dim].
     """
     b, n, h, d = q.shape
     per_head = n > PER_HEAD_TOKENS
@@ -100,9 +100,9 @@ def _attention_heads_first(q, k, v):
         queries, keys_t, values = args
 
         def block(qc):
-            logits = jnp.matmul(qc, keys_t).astype(jnp.float32)
+            logits = jnp.matmul(qc, keys_t, preferred_element_type=jnp.float32)
             weights = jnp.exp(logits - logits.max(-1, keepdims=True))
-            out = jnp.matmul(weights.astype(v.dtype), values).astype(jnp.float32)
+            out = jnp.matmul(weights.astype(v.dtype), values, preferred_element_type=jnp.float32)
             return (out[..., :d] / out[..., d:]).astype(v.dtype)
 
         return jax.lax.map(block, queries)
