@@ -23,7 +23,7 @@ def parse_args(argv=None):
     p.add_argument("--protocol", choices=protocols.PROTOCOLS,
                    help="caps, crops and NYU depth of DAv2 (MiDaS) or Marigold; default: the model's family")
     p.add_argument("--output", help="results JSON (default: eval_DATASET_PROTOCOL.json)")
-    p.add_argument("--split", help="split list file, or a split name the dataset knows (see README)")
+    p.add_argument("--split", help="split list file, or a split name the dataset knows (see docs/evaluation.md)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--input-size", type=int, default=518, help="DAv2: network input short side (multiple of 14)")
     p.add_argument("--steps", type=int, help="Marigold: denoising steps (default: 1 depth, 4 normals)")

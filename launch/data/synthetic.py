@@ -1,7 +1,7 @@
 """The procedural synthetic data set: one random scene per (seed, index), rendered by ray casting.
 
 `generate(seed, index, height, width, kind)` is a pure function (numpy only): the same arguments give the same
-arrays on any machine. `python -m launch.data.synthetic OUT.png` writes the sample grid shown in the README.
+arrays on any machine. `python -m launch.data.synthetic OUT.png` writes the sample grid shown in docs/data.md.
 """
 
 import sys
