@@ -87,8 +87,10 @@ def abstract_params(model):
     return {k: v.shape for k, v in traverse_util.flatten_dict(shapes).items()}
 
 
-def params_from_torch(model, state_dict, what):
-    """A PyTorch state dict (name → numpy array) → `{"params": tree}` of float32 jax arrays for `model`.
+def host_params_from_torch(model, state_dict, what):
+    """A PyTorch state dict (name → numpy array) → {Flax path tuple: numpy array in Flax layout} for `model`.
+
+    Arrays stay as stored (memory-mapped views, any float dtype): a caller reads only the slices it needs.
     Raises ValueError naming missing, unexpected and mis-shaped tensors. `what` names the component in errors."""
     state = {}
     for key, value in state_dict.items():
@@ -108,14 +110,21 @@ def params_from_torch(model, state_dict, what):
         if array.shape != shape:
             mismatched.append(f"{key}: expected {shape} (Flax layout), found {array.shape}")
             continue
-        flat[path] = jnp.asarray(array, jnp.float32)
+        flat[path] = array
     if missing or state or mismatched:
         raise ValueError(
             f"{what} weights do not match its config: {len(missing)} missing {missing[:5]}, {len(state)} unexpected "
             f"{sorted(state)[:5]}, {len(mismatched)} with another shape {mismatched[:5]}. Check that config.json "
             "and the safetensors file come from the same model."
         )
-    return {"params": traverse_util.unflatten_dict(flat)}
+    return flat
+
+
+def params_from_torch(model, state_dict, what):
+    """A PyTorch state dict (name → numpy array) → `{"params": tree}` of float32 jax arrays for `model`.
+    Raises ValueError naming missing, unexpected and mis-shaped tensors. `what` names the component in errors."""
+    flat = host_params_from_torch(model, state_dict, what)
+    return {"params": traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})}
 
 
 def params_to_torch(params):
@@ -155,7 +164,14 @@ def _weights_file(folder, component):
     return None
 
 
-def _read_weights(path):
+def read_component(folder, component):
+    """The state dict {name: memory-mapped numpy array} of `folder/component` ("unet", "vae", "text_encoder")."""
+    path = _weights_file(folder, component)
+    if path is None:
+        raise FileNotFoundError(
+            f"{folder}/{component} has no {_WEIGHT_STEMS[component]}.safetensors (or shard index); weights must be "
+            "safetensors (re-save a .bin checkpoint with diffusers `save_pretrained(path, safe_serialization=True)`)"
+        )
     if not path.endswith(".index.json"):
         return read_safetensors(path)
     with open(path, encoding="utf-8") as f:
@@ -233,7 +249,7 @@ def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="xla"):
     vae = AutoencoderKL.from_config(configs["vae"], **options)
     text_encoder = CLIPTextModel.from_config(configs["text_encoder"], attention_impl=attention_impl)
     params = {
-        c: params_from_torch(m, _read_weights(_weights_file(path, c)), f"{path}/{c}")
+        c: params_from_torch(m, read_component(path, c), f"{path}/{c}")
         for c, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
     }
     tokenizer_dir = os.path.join(path, "tokenizer")
@@ -277,7 +293,7 @@ def empty_prompt_embedding(path):
             f"{path} lacks {', '.join(missing)}: expected a diffusers folder with a CLIP text encoder"
         )
     text_encoder = CLIPTextModel.from_config(_read_json(os.path.join(path, "text_encoder", "config.json")))
-    params = params_from_torch(text_encoder, _read_weights(_weights_file(path, "text_encoder")), f"{path}/text_encoder")
+    params = params_from_torch(text_encoder, read_component(path, "text_encoder"), f"{path}/text_encoder")
     return _encode_empty_prompt(text_encoder, params, os.path.join(path, "tokenizer"))
 
 
