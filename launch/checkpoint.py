@@ -16,12 +16,22 @@ from etils import epath
 log = logging.getLogger(__name__)
 
 
+def run_directory(path):
+    """`path` (str or path-like, local or `gs://...`) as an absolute `epath.Path`.
+
+    Orbax (tensorstore's OCDBT driver) refuses relative paths, and users type `--workdir runs/demo`; a local
+    relative path is taken relative to the current directory, a URL is absolute already.
+    """
+    path = epath.Path(path)
+    return path if path.is_absolute() else path.absolute()
+
+
 class Checkpointer:
     """Asynchronous, keep-the-last-N checkpoints of one run directory."""
 
     def __init__(self, workdir, keep, every):
         """keep: how many most recent checkpoints survive; every: save period in steps (forced saves come extra)."""
-        self.directory = epath.Path(workdir) / "checkpoints"
+        self.directory = run_directory(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=every,

@@ -17,7 +17,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from launch import mesh as mesh_lib
-from launch.checkpoint import Checkpointer
+from launch.checkpoint import Checkpointer, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +288,7 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
     at the start of a fresh run) on the EMA parameters when EMA is on; `put_batch` places a host batch on the mesh.
     stop_after_steps: end this invocation after that many steps with a checkpoint, as a preemption would.
     """
-    workdir = Path(workdir)
+    workdir = run_directory(workdir)
     setup = prepare_training(config, task, example_batch, devices)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every)
     key = jax.device_put(jax.random.key(config.seed), NamedSharding(setup.mesh, PartitionSpec()))

@@ -102,19 +102,28 @@ def test_periodic_evaluation_aligns_disparity_by_least_squares_before_abs_rel_an
     assert np.isfinite(list(wrong.values())).all()
 
 
-def test_demo_teacher_trains_end_to_end_through_the_cli(tmp_path):
-    """The real DAv2 model under the mesh + logical rules: two steps, an evaluation, a checkpoint."""
+def test_readme_command_with_relative_paths_trains_checkpoints_and_resumes(tmp_path):
+    """The README's command verbatim (relative --config and --workdir, run from the repository root), cut short:
+    the real DAv2 model under the mesh and logical rules, an evaluation, a checkpoint, then the same command
+    resumes from it. Orbax refuses relative paths, so this fails unless the workdir is made absolute."""
+    root = tmp_path / "clone"
+    root.mkdir()
+    for name in ("launch", "configs"):
+        (root / name).symlink_to(ROOT / name)
     command = [
-        sys.executable, str(ROOT / "launch" / "train.py"), f"--config={CONFIGS / 'demo_teacher.py'}",
-        f"--workdir={tmp_path / 'run'}", "--config.total_steps=2", "--config.log_every=1", "--config.model.crop=28",
+        sys.executable, "launch/train.py", "--config", "configs/demo_teacher.py", "--workdir", "runs/demo",
+        "--config.total_steps=2", "--config.log_every=1", "--config.model.crop=28",
         "--config.eval.source.height=28", "--config.eval.source.width=28", "--config.eval.num_samples=4",
         "--config.eval.batch_size=2", "--config.batch_size=2", "--config.checkpoint_every=2",
     ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for stop, expected in (("--stop_after_steps=1", [1]), ("--stop_after_steps=5", [1, 2])):
+        out = subprocess.run(command + [stop], capture_output=True, text=True, timeout=900, cwd=root)
+        assert out.returncode == 0, out.stderr[-3000:]
+        records = [json.loads(line) for line in (root / "runs/demo/metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "loss" in r] == expected
     losses = [r["loss"] for r in records if "loss" in r]
-    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] > 0
+    assert all(np.isfinite(losses)) and losses[0] > 0
     evals = [r for r in records if "eval/abs_rel" in r]
-    assert evals and all(0 < r["eval/abs_rel"] and 0 <= r["eval/delta1"] <= 1 for r in evals)
-    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+    assert [r["step"] for r in evals] == [0, 2]
+    assert all(0 < r["eval/abs_rel"] and 0 <= r["eval/delta1"] <= 1 for r in evals)
+    assert sorted(p.name for p in (root / "runs/demo/checkpoints").iterdir()) == ["1", "2"]
