@@ -6,6 +6,8 @@ Formats:
 - "hf": a transformers folder (`config.json` + `model.safetensors`), e.g. `depth-anything/Depth-Anything-V2-Small-hf`.
 - "jax": ours, a folder with `dav2_jax.json` (model configuration) + `params.safetensors` (Flax paths joined by
   "/"). Neither "hf" nor "jax" needs torch.
+- "run": a training run directory of `launch/train.py` (read only; see `dav2_jax.runs`): the newest or a chosen
+  step, its EMA weights when the run kept them, the model named by the config saved with the checkpoint.
 """
 
 import json
@@ -18,7 +20,7 @@ import numpy as np
 from flax import traverse_util
 from flax.linen import unbox
 
-from dav2_jax import convert_hf, convert_official
+from dav2_jax import convert_hf, convert_official, runs
 from dav2_jax.model import DepthAnythingV2
 
 FORMATS = ("official", "hf", "jax")
@@ -39,12 +41,15 @@ def detect_format(path: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
     if os.path.isdir(path):
+        if runs.is_run_dir(path):
+            return "run"
         if os.path.exists(os.path.join(path, JAX_CONFIG)):
             return "jax"
         if os.path.exists(os.path.join(path, "config.json")):
             return "hf"
         raise ValueError(
-            f"{path!r} is a folder with neither {JAX_CONFIG} (our format) nor config.json (a transformers folder)"
+            f"{path!r} is a folder with neither {JAX_CONFIG} (our format), config.json (a transformers folder) nor "
+            "checkpoints/STEP/ (a training run)"
         )
     if path.endswith((".pth", ".pt", ".safetensors")):
         return "official"
@@ -67,13 +72,19 @@ def _read_safetensors(path: str) -> dict:
     return {k: v.astype(np.float32) for k, v in load_file(path).items()}
 
 
-def load(path: str, max_depth: float | None = None, dtype=jnp.float32, attention_impl: str = "xla"):
+def load(path: str, max_depth: float | None = None, dtype=jnp.float32, attention_impl: str = "xla",
+         step: int | None = None):
     """Load any supported checkpoint → (DepthAnythingV2, params).
 
     max_depth: the metric range for official metric `.pth` files whose name does not say it (hypersim/indoor → 20,
     vkitti/outdoor → 80); transformers and our folders store it. dtype, attention_impl: see `DepthAnythingV2`.
+    step: for a training run directory, the checkpoint step to read (default: the newest).
     """
     fmt = detect_format(path)
+    if step is not None and fmt != "run":
+        raise ValueError(f"step={step} applies to training run directories only; {path!r} is a {fmt!r} checkpoint")
+    if fmt == "run":
+        return _load_run(path, step, dtype, attention_impl)
     if fmt == "jax":
         with open(os.path.join(path, JAX_CONFIG)) as f:
             config = json.load(f)
@@ -101,6 +112,18 @@ def load(path: str, max_depth: float | None = None, dtype=jnp.float32, attention
         depth_range = max_depth if max_depth is not None else _metric_range_from_name(path)
     model = DepthAnythingV2(encoder, depth_range, dtype, attention_impl)
     params = convert_official.from_state_dict(state_dict, param_template(model))
+    return model, jax.tree.map(jnp.asarray, params)
+
+
+def _load_run(path, step, dtype, attention_impl):
+    config = runs.run_config(path, step)
+    model_config = config.get("model", {})
+    if "encoder" not in model_config:
+        raise ValueError(f"{path!r}: the run's config has no model.encoder; it is not a Depth Anything V2 run")
+    model = DepthAnythingV2(model_config["encoder"], model_config.get("max_depth"), dtype, attention_impl)
+    weights, _ = runs.read_weights(path, step)
+    params = {"params": weights}
+    _check_same_tree(params, param_template(model), path)
     return model, jax.tree.map(jnp.asarray, params)
 
 

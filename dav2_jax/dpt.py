@@ -31,24 +31,30 @@ def conv(features, kernel, name, dtype, stride=1, padding=None, bias=True, trans
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), **kw)
 
 
-def _lerp_axis(x, axis: int, out_size: int):
-    """Linear interpolation with align_corners=True along one axis: two gathers and a blend (no dense matmul)."""
+def _lerp_axis(x, axis: int, out_size: int, xp=jnp):
+    """Linear interpolation with align_corners=True along one axis: two gathers and a blend (no dense matmul).
+
+    xp: `jax.numpy` (traceable) or `numpy` (host arrays, no compilation per size).
+    """
     in_size = x.shape[axis]
     src = np.arange(out_size) * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros(out_size)
     lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
     shape = [1] * x.ndim
     shape[axis] = out_size
-    frac = jnp.asarray((src - lo).reshape(shape), x.dtype)
-    return jnp.take(x, lo, axis=axis) * (1 - frac) + jnp.take(x, hi, axis=axis) * frac
+    frac = xp.asarray((src - lo).reshape(shape), x.dtype)
+    return xp.take(x, lo, axis=axis) * (1 - frac) + xp.take(x, hi, axis=axis) * frac
 
 
-def resize_align_corners(x, height: int, width: int):
-    """Bilinear resize with `align_corners=True` semantics. x: [B, h, w, C] → [B, height, width, C]."""
+def resize_align_corners(x, height: int, width: int, xp=jnp):
+    """Bilinear resize with `align_corners=True` semantics. x: [B, h, w, C] → [B, height, width, C].
+
+    xp: `jax.numpy` (default) or `numpy` for host arrays of many different sizes.
+    """
     if x.shape[1] != height:
-        x = _lerp_axis(x, 1, height)
+        x = _lerp_axis(x, 1, height, xp)
     if x.shape[2] != width:
-        x = _lerp_axis(x, 2, width)
+        x = _lerp_axis(x, 2, width, xp)
     return x
 
 

@@ -12,8 +12,11 @@ class UnreadableImage(ValueError):
     """A file that cannot be decoded as an image."""
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """Decode any Pillow-readable image as RGB uint8 [H, W, 3] (grayscale is replicated, alpha dropped)."""
+def read_rgb(path, name: str | None = None) -> np.ndarray:
+    """Decode any Pillow-readable image as RGB uint8 [H, W, 3] (grayscale is replicated, alpha dropped).
+
+    path: a file path or a binary file object; name: what error messages call it (default: the path).
+    """
     try:
         with Image.open(path) as im:
             im.load()
@@ -21,7 +24,7 @@ def read_rgb(path: str) -> np.ndarray:
                 im = Image.fromarray((np.asarray(im, np.float64) / 256).clip(0, 255).astype(np.uint8))
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UnreadableImage(f"{path}: not a readable image ({e})") from e
+        raise UnreadableImage(f"{name or path}: not a readable image ({e})") from e
 
 
 def list_inputs(path: str) -> list[str]:

@@ -18,7 +18,8 @@ from launch import images
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="official .pth, transformers/diffusers folder, or dav2_jax folder")
+    p.add_argument("--model", required=True,
+                   help="official .pth, transformers/diffusers folder, dav2_jax folder or DAv2 training run directory")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="output folder (created)")
     p.add_argument("--input-size", type=int, default=518, help="DAv2: short side of the network input (×14)")

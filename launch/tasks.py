@@ -30,6 +30,7 @@ READERS = {
     "irs": sources.IRS,
     "tartanair": sources.TartanAir,
     "blendedmvs": sources.BlendedMVS,
+    "pseudo_labeled": sources.PseudoLabeled,
 }
 
 

@@ -7,11 +7,13 @@ cannot be read or is unusable raises `BadSample(name, reason)`, so that the pipe
 File lists are built once, sorted, when the source is constructed.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
 
-from launch.data import formats, scenes, synthetic
+from launch.data import formats, pseudo_store, scenes, synthetic
+from launch.images import UnreadableImage, read_rgb
 
 IRS_FOCAL_PX = 480.0  # IRS rig, 960 x 540: fx = fy = 480 (HKBU-HPML/IRS dataloader/SIRSLoader.py, disp2pcd.py)
 IRS_BASELINE_M = 0.1  # IRS rig baseline, metres (HKBU-HPML/IRS dataloader/scripts/disp2pcd.py)
@@ -242,3 +244,45 @@ class SyntheticScenes:
     def __repr__(self):
         return (f"SyntheticScenes({self.num_samples}, {self.height}, {self.width}, seed={self.seed}, "
                 f"kind={self.kind!r})")
+
+
+class PseudoLabeled:
+    """Pseudo labels written by `launch/pseudo_label.py` (root = its --output folder, see `launch.data.pseudo_store`).
+
+    Items: {"image": uint8 [H, W, 3] RGB decoded from the source's original bytes, "disparity": float32 [H, W]
+    (the teacher's relative disparity at the image's resolution), "name": str (the source image's name)}.
+    Random access through Grain's ArrayRecord reader; the run must have finished (its manifest.json exists).
+    """
+
+    def __init__(self, root):
+        import grain
+
+        self.root = Path(root)
+        manifest = pseudo_store.read_manifest(root)
+        files = [str(self.root / s["file"]) for s in manifest["shards"] if s["records"]]
+        if not files:
+            raise ValueError(f"{str(self.root)!r} holds no pseudo-labelled image (every input was skipped)")
+        self.records = grain.sources.ArrayRecordDataSource(files)
+        if len(self.records) != manifest["records"]:
+            raise ValueError(f"{str(self.root)!r}: the shards hold {len(self.records)} records but the manifest "
+                             f"lists {manifest['records']}; the folder is damaged, label it again")
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self.records):
+            raise IndexError(f"record {i} out of range for {len(self.records)} pseudo labels")
+        record = pseudo_store.decode_record(self.records[i])
+        name = record["name"]
+        try:
+            image = read_rgb(io.BytesIO(record["image"]), name)
+        except UnreadableImage as e:
+            raise BadSample(name, str(e)) from e
+        disparity = np.asarray(record["disparity"], np.float32)
+        if disparity.shape != image.shape[:2]:
+            raise BadSample(name, f"disparity {list(disparity.shape)} and image {list(image.shape[:2])} differ")
+        return {"image": image, "disparity": disparity, "name": name}
+
+    def __repr__(self):
+        return f"PseudoLabeled({str(self.root)!r}, {len(self)} samples)"
