@@ -72,7 +72,7 @@ def _read_safetensors(path: str) -> dict:
     return {k: v.astype(np.float32) for k, v in load_file(path).items()}
 
 
-def load(path: str, max_depth: float | None = None, dtype=jnp.float32, attention_impl: str = "xla",
+def load(path: str, max_depth: float | None = None, dtype=jnp.float32, attention_impl: str = "auto",
          step: int | None = None):
     """Load any supported checkpoint → (DepthAnythingV2, params).
 

@@ -88,12 +88,17 @@ class TeacherTask:
         """Random parameters (boxed with logical axis names) for images like `example_batch["image"]`; no frozen."""
         return self.model.init(rng, jnp.asarray(example_batch["image"]))["params"], {}
 
-    def predict(self, params, frozen, batch):
-        """Relative disparity [B, H, W] for batch["image"] [B, H, W, 3] (ImageNet-normalised)."""
+    prediction_kind = "disparity"  # held-out scoring: least squares in disparity space
+
+    def predict(self, params, frozen, batch, rng=None):
+        """Relative disparity [B, H, W] for batch["image"] [B, H, W, 3] (ImageNet-normalised); rng unused."""
         return self.model.apply({"params": params}, batch["image"])
 
-    def loss(self, params, frozen, batch, rng):
-        """batch: image [B, S, S, 3], depth [B, S, S] metres, valid [B, S, S] → (loss, {"ssi", "gm"})."""
+    def loss(self, params, frozen, batch, rng, step=None, targets=None):
+        """batch: image [B, S, S, 3], depth [B, S, S] metres, valid [B, S, S] → (loss, {"ssi", "gm"}).
+
+        rng, step, targets: the loop's loss arguments; the teacher's loss uses none of them.
+        """
         pred = self.predict(params, frozen, batch)
         valid = batch["valid"]
         target = jnp.where(valid, 1.0 / jnp.where(valid, batch["depth"], 1.0), 0.0)
@@ -114,14 +119,14 @@ class TeacherTask:
         """No names beyond the standard ones: `qkv`, `glu`, `head_dim` stay replicated under every rule set."""
         return ()
 
-    def warm_start(self, params, frozen):
-        """Freshly initialised params → with `dinov2_init`'s encoder or all of `init_from`'s weights; frozen as is."""
+    def warm_start(self, params):
+        """Freshly initialised params → with `dinov2_init`'s encoder or all of `init_from`'s weights."""
         if self.dinov2_init:
             from dav2_jax.convert_dinov2 import init_encoder
 
-            return init_encoder(params, self.dinov2_init), frozen
+            return init_encoder(params, self.dinov2_init)
         if not self.init_from:
-            return params, frozen
+            return params
         from dav2_jax.checkpoints import load
 
         model, loaded = load(self.init_from)
@@ -130,4 +135,4 @@ class TeacherTask:
                 f"{self.init_from!r} holds a {model.encoder} model but the task trains {self.model.encoder}; "
                 "set --config.model.encoder to match or choose another init_from"
             )
-        return dict(loaded.get("params", loaded)), frozen
+        return dict(loaded.get("params", loaded))

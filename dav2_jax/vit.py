@@ -106,24 +106,29 @@ def _attention_heads_first(q, k, v, chunk=256):
     return jnp.transpose(out, (0, 2, 1, 3))
 
 
-def attention(q, k, v, implementation="xla"):
+IMPLEMENTATIONS = ("auto", "xla", "heads_first")
+
+
+def attention(q, k, v, implementation="auto"):
     """Softmax attention, no mask. q, k, v: [B, N, heads, head_dim] → [B, N, heads, head_dim].
 
     "xla" is `jax.nn.dot_product_attention` (fused kernels on TPU/GPU); "heads_first" is the same maths in
-    query blocks laid out [B, heads, block, N], which XLA's CPU backend runs several times faster
-    (../shared/reference/performance.md).
+    query blocks laid out [B, heads, block, N], which XLA's CPU backend runs several times faster; "auto" picks
+    "heads_first" when the default backend is the CPU and "xla" elsewhere, when the function is traced.
     """
+    if implementation == "auto":
+        implementation = "heads_first" if jax.default_backend() == "cpu" else "xla"
     if implementation == "xla":
         return jax.nn.dot_product_attention(q, k, v)
     if implementation == "heads_first":
         return _attention_heads_first(q, k, v)
-    raise ValueError(f"attention implementation must be 'xla' or 'heads_first', got {implementation!r}")
+    raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
 
 
 class Attention(nn.Module):
     num_heads: int
     dtype: jnp.dtype = jnp.float32
-    implementation: str = "xla"
+    implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -173,7 +178,7 @@ class Block(nn.Module):
     num_heads: int
     ffn: str = "mlp"
     dtype: jnp.dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -219,7 +224,7 @@ class DinoVisionTransformer(nn.Module):
 
     encoder: str = "vits"
     dtype: jnp.dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat: bool = False
 
     @nn.compact

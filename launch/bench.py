@@ -1,10 +1,13 @@
 """Time JAX against the PyTorch originals on this machine, in one run.
 
-    python launch/bench.py dav2 --encoder vits --size 518 [--attention heads_first] [--repeats 5]
+    python launch/bench.py dav2 --encoder vits --size 518 [--attention auto] [--repeats 5]
     python launch/bench.py marigold
 
 DAv2: the official `DepthAnythingV2.forward` (PyTorch, random weights) against our jitted forward on the same
-size×size input, median of `--repeats` warm runs each (JAX after compilation); the ratio is printed last.
+size×size input, then the official `infer_image` against the public `dav2_jax.infer_image` (pre- and
+post-processing included, default attention) on a real 400×600 photo (scikit-image's coffee); median of
+`--repeats` warm runs each (JAX after compilation). The instruction set XLA may use is printed: run once as is and
+once with `XLA_FLAGS=--xla_cpu_max_isa=AVX2` to measure both.
 """
 
 import argparse
@@ -24,11 +27,24 @@ def _median_seconds(fn, repeats):
     return statistics.median(times)
 
 
+def instruction_set():
+    """The widest x86 vector extension XLA:CPU may use here: the CPU's, capped by `--xla_cpu_max_isa`."""
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    cpu = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "below AVX2"
+    for option in os.environ.get("XLA_FLAGS", "").split():
+        if option.startswith("--xla_cpu_max_isa="):
+            return f"{option.split('=', 1)[1]} (capped by XLA_FLAGS; the CPU has {cpu})"
+    return cpu
+
+
 def bench_dav2(argv):
     p = argparse.ArgumentParser(prog="bench.py dav2")
     p.add_argument("--encoder", default="vits", choices=["vits", "vitb", "vitl", "vitg"])
     p.add_argument("--size", type=int, default=518, help="square input side (multiple of 14)")
-    p.add_argument("--attention", default="heads_first", choices=["xla", "heads_first"])
+    p.add_argument("--attention", default="auto", choices=["auto", "xla", "heads_first"])
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 
@@ -36,6 +52,8 @@ def bench_dav2(argv):
     import jax.numpy as jnp
     import numpy as np
     import torch
+
+    from skimage import data
 
     import dav2_jax
     from dav2_jax import convert_official
@@ -61,9 +79,24 @@ def bench_dav2(argv):
     err = float(np.abs(np.asarray(forward(params, xj)) - run_torch().numpy()).max())
     print(f"DAv2-{args.encoder[3:].upper()} {args.size}x{args.size}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), jax {jax.__version__} on {jax.default_backend()}, "
-          f"attention={args.attention}; max |diff| {err:.2e}")
+          f"instruction set {instruction_set()}, attention={args.attention}; max |diff| {err:.2e}")
     print(f"PyTorch forward: {t_torch:.3f} s")
     print(f"JAX forward:     {t_jax:.3f} s")
+    print(f"speed-up JAX/PyTorch: {t_torch / t_jax:.2f}x")
+
+    photo = data.coffee()  # uint8 RGB [400, 600, 3]
+    default_model = dav2_jax.DepthAnythingV2(args.encoder)
+
+    def run_torch_photo():
+        return ref.infer_image(np.ascontiguousarray(photo[..., ::-1]), args.size)
+
+    t_torch = _median_seconds(run_torch_photo, args.repeats)
+    t_jax = _median_seconds(lambda: dav2_jax.infer_image(default_model, params, photo, args.size), args.repeats)
+    err = float(np.abs(dav2_jax.infer_image(default_model, params, photo, args.size) - run_torch_photo()).max())
+    print(f"infer_image on a {photo.shape[0]}x{photo.shape[1]} photo at input size {args.size} "
+          f"(public API defaults); max |diff| {err:.2e}")
+    print(f"PyTorch infer_image: {t_torch:.3f} s")
+    print(f"JAX infer_image:     {t_jax:.3f} s")
     print(f"speed-up JAX/PyTorch: {t_torch / t_jax:.2f}x")
 
 

@@ -1,7 +1,7 @@
 """Marigold: time JAX against diffusers (PyTorch) on this machine, in one run, with the real model sizes.
 
     python launch/bench.py marigold [--parts unet,vae,pipeline] [--repeats 3] [--pipeline-repeats 1]
-                                    [--attention heads_first] [--workdir DIR]
+                                    [--attention auto] [--workdir DIR]
 
 One random-weight Marigold depth checkpoint with the real architecture (SD2 U-Net with 8 input channels, SD VAE;
 the text encoder cut to one layer, since both sides encode the empty prompt once and cache it) is written as a
@@ -65,7 +65,7 @@ def parse_args(argv):
     p.add_argument("--parts", default="unet,vae,pipeline", help="comma-separated subset of unet,vae,pipeline")
     p.add_argument("--repeats", type=int, default=3, help="warm runs per U-Net/VAE measurement")
     p.add_argument("--pipeline-repeats", type=int, default=1, help="warm runs of the whole pipeline")
-    p.add_argument("--attention", default="heads_first", choices=["xla", "heads_first"], help="JAX attention kernel")
+    p.add_argument("--attention", default="auto", choices=["auto", "xla", "heads_first"], help="JAX attention kernel")
     p.add_argument("--workdir", default=None, help="keep the checkpoint and outputs here (default: a temp dir)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)

@@ -25,8 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--input-size", type=int, default=518, help="DAv2: short side of the network input (×14)")
     p.add_argument("--batch-size", type=int, default=1, help="DAv2: images of one size run together")
     p.add_argument("--max-depth", type=float, default=None, help="DAv2 metric .pth whose name lacks the range")
-    p.add_argument("--attention", default=None, choices=["xla", "heads_first"],
-                   help="attention kernel; default: heads_first on CPU (faster there), xla on TPU/GPU")
+    p.add_argument("--attention", default="auto", choices=["auto", "xla", "heads_first"],
+                   help="attention kernel; auto: heads_first on CPU (faster there), xla on TPU/GPU")
     p.add_argument("--steps", type=int, default=None, help="Marigold: denoising steps (default: the checkpoint's)")
     p.add_argument("--ensemble", type=int, default=1, help="Marigold: ensemble size")
     p.add_argument("--processing-resolution", type=int, default=None, help="Marigold: long side (0 = native)")
@@ -74,10 +74,6 @@ def run_dav2(args, paths) -> tuple[int, list[str]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.attention is None:
-        import jax
-
-        args.attention = "heads_first" if jax.default_backend() == "cpu" else "xla"
     paths = images.list_inputs(args.input)
     os.makedirs(args.output, exist_ok=True)
     if os.path.exists(os.path.join(args.model, "model_index.json")):

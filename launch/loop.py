@@ -1,26 +1,35 @@
-"""The one training loop: Optax optimizer and schedules, the jitted sharded train step, logging, checkpoints, eval.
+"""The outer training loop: mesh, shardings and jitted functions for a task, then steps, logs, evaluations and
+checkpoints. Optimizers and schedules are in `launch/optimizer.py`, the train step in `launch/step.py`.
 
-A *task* (see `../shared/ARCHITECTURE.md`) is any object with
-- `init(rng, example_batch) -> (params, frozen)`: parameters boxed with `nn.with_logical_partitioning`; `frozen` are
-  parameters that are never trained (kept outside the optimizer state; `{}` when there are none);
-- `loss(params, frozen, batch, rng) -> (scalar, metrics_dict)`;
+A *task* is any object with
+- `init(rng, example_batch) -> (params, frozen)`: trainable parameters and frozen sub-models, boxed with
+  `nn.with_logical_partitioning`; frozen ones are kept outside the optimizer state (`{}` when there are none);
+- `loss(params, frozen, batch, rng, step, targets) -> (scalar, metrics_dict)`: `step` is the int32 step being
+  taken, `targets` the task's EMA target networks (`{}` unless it declares some, below);
 - `prepare(sample, rng) -> example` (used by the data pipeline, not here);
-- `param_groups(params) -> labels`: a pytree of strings with the structure of `params`;
+- `param_groups(params) -> labels`: a pytree of strings with the structure of `params`; a group whose learning
+  rate is 0 is frozen: no gradient, no optimizer state;
 - `logical_axis_rules(sharding) -> rules`: extra (logical name, mesh axes) rules placed before the standard ones;
-- optionally `warm_start(params, frozen) -> (params, frozen)`: pretrained weights (e.g. DINOv2) put into freshly
-  initialised params; on resume only its `frozen` output is kept.
+- for held-out evaluation: `predict(params, frozen, batch, rng) -> prediction` (jittable) and `prediction_kind`
+  ("disparity" | "depth" | "metric" | "normals"; see `launch/tasks.py`);
+and optionally
+- `warm_start(params) -> params`: pretrained weights (e.g. DINOv2) put into the fresh params of a new run (never
+  called on resume);
+- `load_frozen(abstract_frozen) -> frozen`: the frozen sub-models read from files straight into the shardings of
+  `abstract_frozen` (the unboxed `jax.ShapeDtypeStruct` tree of `init`'s frozen output), on fresh and resumed runs
+  alike, so they are never initialised randomly nor held twice; without it frozen comes from a jitted `init`;
+- `ema_targets() -> {name: decay}`: target networks, EMAs of the params updated after every applied step,
+  checkpointed with the train state and passed to `loss` (consistency distillation's target network).
 The loop knows nothing else about the task.
 """
 
 import dataclasses
-import json
 import logging
 import sys
 import time
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,142 +38,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from launch import mesh as mesh_lib
 from launch.checkpoint import Checkpointer, run_directory
+from launch.metrics_log import MetricsLog, to_python
+from launch.optimizer import make_optimizer, trained_mask
+from launch.step import TrainState, make_train_step
 
 log = logging.getLogger(__name__)
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training. `ema` is None when EMA is off."""
-
-    step: jax.Array  # int32 [], optimizer steps taken, skipped ones included
-    params: Any
-    opt_state: Any
-    ema: Any
-    skipped: jax.Array  # int32 [], steps whose update was dropped because the loss or a gradient was not finite
-
-
-def schedule(sched, total_steps):
-    """Learning-rate multiplier in [0, 1] as a function of the step: linear warm-up, then the chosen decay.
-
-    sched.kind: "constant" | "poly" ((1 - t/T)^power) | "cosine" (down to `end_factor`) | "exponential"
-    (`decay_rate` per `decay_steps`); t counts from the end of warm-up, T = total_steps - warmup_steps.
-    """
-    warmup = int(sched.warmup_steps)
-    decay_steps = max(total_steps - warmup, 1)
-    kinds = {
-        "constant": lambda t: jnp.ones_like(t),
-        "poly": lambda t: (1.0 - jnp.minimum(t / decay_steps, 1.0)) ** sched.power,
-        "cosine": lambda t: sched.end_factor
-        + (1.0 - sched.end_factor) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t / decay_steps, 1.0))),
-        "exponential": lambda t: sched.decay_rate ** (t / sched.decay_steps),
-    }
-    if sched.kind not in kinds:
-        raise ValueError(f"config.schedule.kind must be one of {sorted(kinds)}, got {sched.kind!r}")
-    decay = kinds[sched.kind]
-
-    def factor(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = jnp.minimum((step + 1.0) / warmup, 1.0) if warmup > 0 else 1.0
-        return warm * decay(jnp.maximum(step - warmup, 0.0))
-
-    return factor
-
-
-def make_optimizer(opt, sched, total_steps, labels):
-    """Optax transformation with one learning rate per parameter group.
-
-    opt.lr maps each label of `labels` to its peak learning rate (0 freezes the group: no optimizer state).
-    Weight decay (decoupled, AdamW-style) applies to tensors of rank >= 2 only, not to biases, norms or scales.
-    The learning rate is a function of the loop's step (so a skipped step does not shift the schedule): the
-    returned `tx` gives descent directions, and `apply_lr(updates, step)` scales them per group.
-    Returns (tx, apply_lr, lr_fns) with lr_fns[label](step) the learning rate used for the update at `step`.
-    """
-    found = sorted(set(jax.tree.leaves(labels)))
-    missing = [label for label in found if label not in opt.lr]
-    if missing:
-        raise ValueError(
-            f"parameter groups {missing} have no learning rate; add --config.optimizer.lr.NAME=VALUE "
-            f"(configured: {sorted(opt.lr)})"
-        )
-    factor = schedule(sched, total_steps)
-    groups, lr_fns = {}, {}
-    for label in found:
-        peak = float(opt.lr[label])
-        lr_fns[label] = lambda step, peak=peak: peak * factor(step)
-        if peak == 0.0:
-            groups[label] = optax.set_to_zero()
-            continue
-        if opt.name == "adamw":
-            direction = optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
-        elif opt.name == "sgd":
-            direction = optax.trace(decay=opt.b1) if opt.b1 else optax.identity()
-        else:
-            raise ValueError(f"config.optimizer.name must be 'adamw' or 'sgd', got {opt.name!r}")
-        groups[label] = optax.chain(
-            direction,
-            optax.add_decayed_weights(opt.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
-        )
-    tx = optax.multi_transform(groups, labels)
-    if opt.clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), tx)
-
-    def apply_lr(updates, step):
-        return jax.tree.map(lambda u, label: -lr_fns[label](step) * u, updates, labels)
-
-    return tx, apply_lr, lr_fns
-
-
-def make_train_step(task, tx, apply_lr, accumulate_steps, ema_decay, param_shardings, micro_sharding):
-    """The pure train step `(state, frozen, batch, key) -> (state, metrics)`.
-
-    The global batch is split into `accumulate_steps` micro-batches whose gradients are averaged before one update.
-    A non-finite loss or gradient norm leaves params, optimizer state and EMA untouched and increments `skipped`.
-    """
-
-    def grads_of(params, frozen, batch, rng):
-        (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(params, frozen, batch, rng)
-        return loss, metrics, jax.lax.with_sharding_constraint(grads, param_shardings)
-
-    def step_fn(state, frozen, batch, key):
-        rng = jax.random.fold_in(key, state.step)
-        if accumulate_steps == 1:
-            loss, metrics, grads = grads_of(state.params, frozen, batch, rng)
-        else:
-
-            def split(x):
-                x = x.reshape(x.shape[0] // accumulate_steps, accumulate_steps, *x.shape[1:])
-                return jnp.swapaxes(x, 0, 1)
-
-            micro = jax.tree.map(split, batch)
-
-            def body(carry, i):
-                mb = jax.lax.with_sharding_constraint(jax.tree.map(lambda x: x[i], micro), micro_sharding)
-                loss, metrics, grads = grads_of(state.params, frozen, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
-
-            zeros = jax.eval_shape(lambda: grads_of(state.params, frozen, jax.tree.map(lambda x: x[0], micro), rng))
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-            total, _ = jax.lax.scan(body, zeros, jnp.arange(accumulate_steps))
-            loss, metrics, grads = jax.tree.map(lambda x: x / accumulate_steps, total)
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, apply_lr(updates, state.step))
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-        ema = state.ema
-        if ema is not None:
-            ema = keep(jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params), ema)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            ema=ema,
-            skipped=state.skipped + jnp.where(ok, 0, 1).astype(jnp.int32),
-        )
-        return new_state, {**metrics, "loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped}
-
-    return step_fn
 
 
 @dataclasses.dataclass
@@ -179,9 +57,14 @@ class Setup:
     frozen_shardings: Any
     batch_sharding: Any
     abstract_state: Any  # TrainState of ShapeDtypeStruct carrying shardings
-    init: Any  # jitted (key, example_batch) -> (state, frozen), born sharded
-    init_frozen: Any  # jitted (key, example_batch) -> frozen, for a resumed run
+    abstract_frozen: Any  # unboxed frozen tree of ShapeDtypeStruct carrying shardings
+    init_state: Any  # jitted (key, example_batch) -> TrainState, born sharded
+    init_frozen: Any  # (key, example_batch) -> frozen, born sharded (read by the task's `load_frozen` if it has one)
     step: Any  # jitted train step, state donated
+
+    def init(self, key, example_batch):
+        """(state, frozen) of a fresh run, before any warm start."""
+        return self.init_state(key, example_batch), self.init_frozen(key, example_batch)
 
 
 def prepare_training(config, task, example_batch, devices=None):
@@ -203,19 +86,21 @@ def prepare_training(config, task, example_batch, devices=None):
     labels = task.param_groups(nn.unbox(boxed_params))
     tx, apply_lr, lr_fns = make_optimizer(config.optimizer, config.schedule, config.total_steps, labels)
     use_ema = bool(config.optimizer.ema_decay)
+    target_decays = {name: float(decay) for name, decay in task.ema_targets().items()} if hasattr(
+        task, "ema_targets") else {}
 
     def create(rng, batch):
-        params, frozen = nn.unbox(task.init(rng, batch))
-        state = TrainState(
+        params = nn.unbox(task.init(rng, batch)[0])
+        return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=tx.init(params),
             ema=params if use_ema else None,
+            targets={name: params for name in target_decays},
             skipped=jnp.zeros((), jnp.int32),
         )
-        return state, frozen
 
-    abstract, _ = jax.eval_shape(create, key, example_batch)
+    abstract = jax.eval_shape(create, key, example_batch)
     replicated = NamedSharding(mesh, PartitionSpec())
     state_shardings = TrainState(
         step=replicated,
@@ -229,17 +114,22 @@ def prepare_training(config, task, example_batch, devices=None):
             is_leaf=lambda x: isinstance(x, optax.MaskedNode),
         ),
         ema=param_shardings if use_ema else None,
+        targets={name: param_shardings for name in target_decays},
         skipped=replicated,
     )
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings
-    )
+    with_shardings = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+    abstract_state = jax.tree.map(with_shardings, abstract, state_shardings)
+    abstract_frozen = jax.tree.map(with_shardings, nn.unbox(boxed_frozen), frozen_shardings)
     batch_sharding = mesh_lib.batch_sharding(mesh, rules)
     step_fn = make_train_step(
-        task, tx, apply_lr, accumulate, float(config.optimizer.ema_decay), param_shardings, batch_sharding
+        task, tx, apply_lr, trained_mask(config.optimizer, labels), accumulate, float(config.optimizer.ema_decay),
+        target_decays, param_shardings, batch_sharding,
     )
-    init = jax.jit(create, out_shardings=(state_shardings, frozen_shardings))
-    init_frozen = jax.jit(lambda rng, batch: create(rng, batch)[1], out_shardings=frozen_shardings)
+    init_state = jax.jit(create, out_shardings=state_shardings)
+    if hasattr(task, "load_frozen"):
+        init_frozen = lambda rng, batch: task.load_frozen(abstract_frozen)
+    else:
+        init_frozen = jax.jit(lambda rng, batch: nn.unbox(task.init(rng, batch)[1]), out_shardings=frozen_shardings)
     step = jax.jit(
         step_fn,
         in_shardings=(state_shardings, frozen_shardings, batch_sharding, replicated),
@@ -247,37 +137,9 @@ def prepare_training(config, task, example_batch, devices=None):
         donate_argnums=(0,),
     )
     return Setup(
-        mesh, rules, tx, lr_fns, state_shardings, frozen_shardings, batch_sharding, abstract_state, init,
-        init_frozen, step,
+        mesh, rules, tx, lr_fns, state_shardings, frozen_shardings, batch_sharding, abstract_state, abstract_frozen,
+        init_state, init_frozen, step,
     )
-
-
-class MetricsLog:
-    """`WORKDIR/metrics.jsonl`, one JSON object per line; only process 0 writes.
-
-    On resume, lines for steps after the restored checkpoint (written before a crash) are dropped, so the file
-    reads as one uninterrupted run.
-    """
-
-    def __init__(self, path, resume_step):
-        self.path = path
-        self.active = jax.process_index() == 0
-        if not self.active:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record):
-        if self.active:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _to_python(tree):
-    return {k: (v.item() if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in jax.device_get(tree).items()}
 
 
 def train(config, task, data_iterator, example_batch, workdir, evaluate=None, stop_after_steps=None, devices=None):
@@ -318,7 +180,7 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
             if bar is not None:
                 bar.update(1)
             if step % config.log_every == 0 or step == config.total_steps:
-                values = _to_python(metrics)
+                values = to_python(metrics)
                 now = time.perf_counter()
                 record = {"step": step, "loss": values.pop("loss")}
                 lrs = {f"lr/{k}": float(fn(step - 1)) for k, fn in setup.lr_fns.items()}
@@ -347,22 +209,25 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
 
 
 def _initial_state(setup, task, checkpointer, data_iterator, config, example_batch):
-    """(state, frozen, restored step or None): the newest checkpoint if any, else a fresh (warm-started) init."""
+    """(state, frozen, restored step or None): the newest checkpoint if any, else a fresh (warm-started) init.
+
+    Frozen sub-models are built once either way; a resumed run never reads the warm-start weights it would discard.
+    """
     latest = checkpointer.latest_step()
     key = jax.random.key(config.seed)
-    if latest is None:
-        state, frozen = setup.init(key, example_batch)
-        if hasattr(task, "warm_start"):
-            params, frozen = task.warm_start(state.params, frozen)
-            params = jax.device_put(params, setup.state_shardings.params)
-            frozen = jax.device_put(frozen, setup.frozen_shardings)
-            state = state.replace(params=params, ema=None if state.ema is None else params)
-        return state, frozen, None
-    state = checkpointer.restore(latest, setup.abstract_state, data_iterator, config)
     frozen = setup.init_frozen(key, example_batch)
+    if latest is not None:
+        return checkpointer.restore(latest, setup.abstract_state, data_iterator, config), frozen, latest
+    state = setup.init_state(key, example_batch)
     if hasattr(task, "warm_start"):
-        frozen = jax.device_put(task.warm_start(state.params, frozen)[1], setup.frozen_shardings)
-    return state, frozen, latest
+        params = jax.device_put(task.warm_start(state.params), setup.state_shardings.params)
+        copy = lambda: jax.tree.map(jnp.copy, params)  # distinct buffers: the step donates the whole state
+        state = state.replace(
+            params=params,
+            ema=None if state.ema is None else copy(),
+            targets={name: copy() for name in state.targets},
+        )
+    return state, frozen, None
 
 
 def _eval_params(state):

@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules and the shardings derived from them; multi-host start-up.
 
 The mesh always has the three axes `("data", "fsdp", "tensor")`. Data parallel, FSDP (ZeRO-3) and FSDP + tensor
-parallel are three rule tables over the same logical names (`../shared/ARCHITECTURE.md`), not three code paths.
+parallel are three rule tables over the same logical names, not three code paths.
 """
 
 import math

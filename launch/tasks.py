@@ -72,46 +72,60 @@ def build_train_data(config, task):
     return iterator, pipeline.example_batch(srcs[0], task.prepare)
 
 
-def _relative_depth_evaluation(config, task):
-    """AbsRel and δ1 on the held-out source after least-squares scale and shift in disparity space (DAv2)."""
+def _score(kind, prediction, batch, spec):
+    """Per-sample metrics of one sample's prediction against its ground truth, by the task's prediction kind.
+
+    Depth kinds ("disparity", "depth", "metric"; see `launch.eval.protocols`): AbsRel and δ1 after the kind's
+    alignment against batch["depth"] (metres); "normals": angular errors (degrees) against batch["normals"].
+    Raises `metrics.EmptyMask` when the sample has no scored pixel.
+    """
+    if kind == "normals":
+        scores = metrics.normals_metrics(prediction, batch["normals"], batch["valid"])
+        return {"mean_angle": scores["mean"], "within_11_25": scores["within_11_25"]}
+    scores = protocols.score_depth(prediction, batch["depth"], batch["valid"], kind, spec)
+    return {"abs_rel": scores["abs_rel"], "delta1": scores["delta1"]}
+
+
+EVAL_KINDS = (*protocols.OUTPUT_KINDS, "normals")
+
+
+def build_evaluate(config, task):
+    """The periodic held-out evaluation `(params, frozen, put_batch) -> {"eval/NAME": float}`, or None when
+    `config.eval_every` is 0.
+
+    The task predicts (`task.predict(params, frozen, batch, rng)`, jitted, with a fixed key so evaluations are
+    comparable) and says what its prediction is (`task.prediction_kind`); scoring is the benchmarks' own
+    (`launch.eval`), per sample, averaged over samples.
+    """
+    if not config.eval_every:
+        return None
+    kind = getattr(task, "prediction_kind", None)
+    if kind not in EVAL_KINDS or not hasattr(task, "predict"):
+        raise ValueError(
+            f"task {config.task!r} cannot be evaluated: it needs predict(params, frozen, batch, rng) and a "
+            f"prediction_kind in {EVAL_KINDS} (has {kind!r}); or set --config.eval_every=0"
+        )
     source = build_source("eval", config.eval.source)
     batches = pipeline.eval_batches(source, task.prepare, config.eval.batch_size, config.eval.num_samples)
     spec = protocols.DepthSpec(config.eval.min_depth, config.eval.max_depth)
     predict = jax.jit(task.predict)
+    truth = ("normals", "valid") if kind == "normals" else ("depth", "valid")
+    rng = jax.random.key(config.seed)
 
     def evaluate(params, frozen, put_batch):
         scores = []
         for local in batches:
             batch = put_batch(local)
-            pred, depth, valid = (
+            pred, *labels = (
                 np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                for x in (predict(params, frozen, batch), batch["depth"], batch["valid"])
+                for x in (predict(params, frozen, batch, rng), *(batch[name] for name in truth))
             )
-            for p, d, v in zip(pred, depth, valid):
+            for i, p in enumerate(pred):
                 try:
-                    scores.append(protocols.score_depth(p, d, v, "disparity", spec))
+                    scores.append(_score(kind, p, {k: v[i] for k, v in zip(truth, labels)}, spec))
                 except metrics.EmptyMask:
                     continue
-        if not scores:
-            return {"eval/abs_rel": math.nan, "eval/delta1": math.nan}
-        return {
-            "eval/abs_rel": float(np.mean([s["abs_rel"] for s in scores])),
-            "eval/delta1": float(np.mean([s["delta1"] for s in scores])),
-        }
+        names = ("mean_angle", "within_11_25") if kind == "normals" else ("abs_rel", "delta1")
+        return {f"eval/{name}": float(np.mean([s[name] for s in scores])) if scores else math.nan for name in names}
 
     return evaluate
-
-
-EVALUATIONS = {"dav2_teacher": _relative_depth_evaluation}
-
-
-def build_evaluate(config, task):
-    """The periodic evaluation `(params, frozen, put_batch) -> metrics` of the task, or None if eval_every is 0."""
-    if not config.eval_every:
-        return None
-    if config.task not in EVALUATIONS:
-        raise ValueError(
-            f"task {config.task!r} has no periodic evaluation; set --config.eval_every=0 "
-            f"(evaluations exist for {sorted(EVALUATIONS)})"
-        )
-    return EVALUATIONS[config.task](config, task)

@@ -23,7 +23,7 @@ class Attention(nn.Module):
     qkv_bias: bool = False
     norm_groups: int | None = None
     norm_eps: float = 1e-6
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -77,7 +77,7 @@ class BasicTransformerBlock(nn.Module):
     heads: int
     dim_head: int
     norm_eps: float = 1e-5
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -101,7 +101,7 @@ class Transformer2DModel(nn.Module):
     groups: int
     use_linear_projection: bool = True
     norm_eps: float = 1e-5
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact

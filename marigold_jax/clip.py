@@ -29,7 +29,7 @@ class CLIPAttention(nn.Module):
 
     hidden_size: int
     heads: int
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -64,7 +64,7 @@ class _LayerFields(nn.Module):
     intermediate_size: int
     hidden_act: str
     eps: float
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32
 
     def _layer(self, name):
@@ -138,7 +138,7 @@ class CLIPTextModel(nn.Module):
     max_position_embeddings: int = 77
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @classmethod

@@ -239,7 +239,7 @@ def _check_folder(path):
     return model_index
 
 
-def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="xla"):
+def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="auto"):
     """Read a diffusers Marigold folder without torch → `MarigoldFolder`. `dtype` (compute), `remat` and
     `attention_impl` configure the U-Net and the VAE; parameters are float32 whatever the stored precision."""
     model_index = _check_folder(path)

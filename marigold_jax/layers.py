@@ -112,13 +112,19 @@ def _attention_heads_first(q, k, v):
     return jnp.transpose(out, (0, 2, 1, 3))
 
 
-def dot_product_attention(q, k, v, is_causal=False, implementation="xla"):
+IMPLEMENTATIONS = ("auto", "xla", "heads_first")
+
+
+def dot_product_attention(q, k, v, is_causal=False, implementation="auto"):
     """Softmax attention with scale head_dim^-0.5. q: [B, Lq, heads, head_dim], k, v: [B, Lk, heads, head_dim].
 
     "xla" is `jax.nn.dot_product_attention` (fused kernels on TPU/GPU); "heads_first" is the same maths laid out
     `[B, heads, Lq, Lk]` with a float32 softmax, in query blocks when there is no causal mask, which XLA's CPU
-    backend runs several times faster (../shared/reference/performance.md). Returns [B, Lq, heads, head_dim].
+    backend runs several times faster; "auto" picks "heads_first" when the default backend is the CPU and "xla"
+    elsewhere, when the function is traced. Returns [B, Lq, heads, head_dim].
     """
+    if implementation == "auto":
+        implementation = "heads_first" if jax.default_backend() == "cpu" else "xla"
     if implementation == "xla":
         return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
     if implementation == "heads_first" and not is_causal:
@@ -131,4 +137,4 @@ def dot_product_attention(q, k, v, is_causal=False, implementation="xla"):
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    raise ValueError(f"attention implementation must be 'xla' or 'heads_first', got {implementation!r}")
+    raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")

@@ -318,11 +318,11 @@ class MarigoldPipeline:
         return ensemble.normalize_normals(out) if self.modality == "normals" else out
 
 
-def load(path: str, dtype=jnp.float32, remat: bool = False, attention_impl: str = "xla") -> MarigoldPipeline:
+def load(path: str, dtype=jnp.float32, remat: bool = False, attention_impl: str = "auto") -> MarigoldPipeline:
     """Load a diffusers Marigold folder (depth, normals or intrinsics; no torch needed) as a `MarigoldPipeline`.
 
-    `dtype` is the U-Net/VAE compute dtype (parameters stay float32); `attention_impl` "xla" or "heads_first"
-    (faster on CPU); `remat` matters only for training.
+    `dtype` is the U-Net/VAE compute dtype (parameters stay float32); `attention_impl` "auto" (default:
+    "heads_first" on the CPU backend, "xla" elsewhere), "xla" or "heads_first"; `remat` matters only for training.
     """
     folder = load_folder(path, dtype=dtype, remat=remat, attention_impl=attention_impl)
     modality = detect_modality(folder.model_index, folder.unet_config, folder.vae.latent_channels)

@@ -104,7 +104,7 @@ class UNet2DConditionModel(nn.Module):
     downsample_padding: int = 1
     time_embedding_dim: int | None = None  # None: 4 * block_out_channels[0]
     time_cond_proj_dim: int | None = None
-    attention_impl: str = "xla"  # "xla" (jax.nn.dot_product_attention) or "heads_first" (faster on CPU)
+    attention_impl: str = "auto"  # "auto" (CPU: heads_first, else xla), "xla" or "heads_first"
     remat: bool = False  # rematerialise every residual block and transformer in the backward pass
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 

@@ -26,7 +26,7 @@ class _Blocks(nn.Module):
     heads: int | None = None  # attention heads of the cross-attention transformers; None: no attention
     transformer_layers: int = 1
     use_linear_projection: bool = True
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat: bool = False
     dtype: Any = jnp.float32
 

@@ -29,7 +29,7 @@ class _Coder(nn.Module):
     out_channels: int
     groups: int
     mid_block_add_attention: bool = True
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -99,7 +99,7 @@ class AutoencoderKL(nn.Module):
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
     scaling_factor: float = 0.18215  # latent scale (not used inside the module; the pipeline applies it)
-    attention_impl: str = "xla"  # "xla" (jax.nn.dot_product_attention) or "heads_first" (faster on CPU)
+    attention_impl: str = "auto"  # "auto" (CPU: heads_first, else xla), "xla" or "heads_first"
     remat: bool = False  # rematerialise every residual block and attention in the backward pass
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 

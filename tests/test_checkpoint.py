@@ -155,7 +155,7 @@ def test_resume_after_kill_9_following_a_checkpoint_is_bit_identical(reference, 
         f"    return toy_config(total_steps={TOTAL}, checkpoint_every=4)\n"
     )
     workdir = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
     # Slow reads (30 ms per sample) keep the run busy long enough to be killed mid-way.
     log_file = (tmp_path / "stderr.txt").open("w")
     proc = subprocess.Popen(

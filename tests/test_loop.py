@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from launch import loop
+from launch import loop, optimizer
 from launch.data import pipeline
 from launch.data.sources import BadSample
 
@@ -72,7 +72,7 @@ class ToyTask:
         frozen = {"scale": nn.with_logical_partitioning(lambda: jnp.full((FEATURES,), 0.5), ("embed",))()}
         return params, frozen
 
-    def loss(self, params, frozen, batch, rng):
+    def loss(self, params, frozen, batch, rng, step, targets):
         keep = jax.random.bernoulli(rng, 1.0 - self.dropout, batch["x"].shape) if self.dropout else 1.0
         pred = self.model.apply({"params": params}, batch["x"] * frozen["scale"] * keep)
         loss = jnp.mean((pred - batch["y"]) ** 2)
@@ -144,7 +144,7 @@ def _setup(config, task=None):
 
 def _manual_grads(task, params, frozen, batch, key, step=0):
     rng = jax.random.fold_in(key, step)
-    return jax.jit(jax.grad(lambda p: task.loss(p, frozen, batch, rng)[0]))(params)
+    return jax.jit(jax.grad(lambda p: task.loss(p, frozen, batch, rng, step, {})[0]))(params)
 
 
 def test_schedule_follows_warmup_then_closed_form_decay():
@@ -156,7 +156,7 @@ def test_schedule_follows_warmup_then_closed_form_decay():
         "cosine": lambda t: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / 10)),
         "exponential": lambda t: 0.5 ** (t / 3),
     }.items():
-        factor = loop.schedule(ml_collections.ConfigDict(dict(kind=kind, **base)), total)
+        factor = optimizer.schedule(ml_collections.ConfigDict(dict(kind=kind, **base)), total)
         got = [float(factor(s)) for s in range(total)]
         want = [(s + 1) / 4 * expected(0) for s in range(4)] + [expected(s - 4) for s in range(4, total)]
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=kind)
@@ -290,7 +290,7 @@ def test_train_logs_step_loss_lr_and_speed_and_learns(tmp_path):
     for r in train:
         assert {"step", "loss", "lr", "steps_per_sec", "lr/encoder", "lr/decoder", "grad_norm"} <= r.keys()
         assert r["steps_per_sec"] > 0 and r["lr"] == r["lr/decoder"]
-    factor = loop.schedule(config.schedule, 40)
+    factor = optimizer.schedule(config.schedule, 40)
     np.testing.assert_allclose(train[0]["lr/encoder"], 1e-3 * float(factor(4)), rtol=1e-6)
     assert [r["step"] for r in evals] == [0, 20, 40]
     assert evals[-1]["eval/loss"] < 0.7 * evals[0]["eval/loss"]

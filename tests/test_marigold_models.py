@@ -156,16 +156,20 @@ def check_unet(config, shape, t, seed=0, **options):
         (2 * PER_HEAD_TOKENS, 5, 3, 4),
     ],
 )
-def test_heads_first_attention_is_as_exact_as_xla_attention(q_len, kv_len, heads, head_dim):
+def test_heads_first_attention_is_within_float32_rounding_of_a_float64_softmax(q_len, kv_len, heads, head_dim):
     rng = np.random.default_rng(q_len)
     q = rng.standard_normal((2, q_len, heads, head_dim)).astype(np.float32)
     k, v = (3 * rng.standard_normal((2, kv_len, heads, head_dim)).astype(np.float32) for _ in range(2))
     logits = np.einsum("bqhd,bkhd->bhqk", q.astype(np.float64), k) / np.sqrt(head_dim)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     exact = np.einsum("bhqk,bkhd->bqhd", weights / weights.sum(-1, keepdims=True), v)
-    xla = relative_error(jax.nn.dot_product_attention(q, k, v), exact)
     ours = relative_error(jax.jit(lambda *a: dot_product_attention(*a, implementation="heads_first"))(q, k, v), exact)
-    assert ours <= max(2 * xla, 1e-6), (ours, xla)
+    # First-order float32 rounding: a logit s is a head_dim-term dot product (error ~ eps * sqrt(head_dim) * |s|),
+    # which exp turns into the same relative error of its weight; the normalisation and the kv_len-term value sum
+    # add ~ eps * sqrt(kv_len). A dropped block or a wrong normaliser errs by O(1), far above this bound.
+    eps = np.finfo(np.float32).eps
+    bound = 4 * eps * (np.sqrt(kv_len) + np.sqrt(head_dim) * np.abs(logits).max())
+    assert ours <= bound, (ours, bound)
 
 
 def test_vae_encode_mean_and_decode_match_diffusers():

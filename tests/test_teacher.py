@@ -86,13 +86,13 @@ def test_loss_targets_inverse_depth_up_to_scale_and_shift_on_valid_pixels():
     disparity = jnp.where(batch["valid"], 1.0 / jnp.where(batch["valid"], batch["depth"], 1.0), 0.0)
     # A power-of-two scale is exact in float32, so the normalised maps agree bit for bit; garbage off the mask.
     task.predict = lambda params, frozen, b: 4.0 * disparity + jnp.where(b["valid"], 0.0, 7.0)
-    loss, parts = task.loss(None, {}, batch, None)
+    loss, parts = task.loss(None, {}, batch, None, 0, {})
     assert float(loss) == 0.0 and set(parts) == {"ssi", "gm"}
     # Any scale and shift: zero up to float32 rounding of the normalised maps (~1e-7 per pixel, 17 mean terms).
     task.predict = lambda params, frozen, b: 3.0 * disparity + 0.5
-    assert float(task.loss(None, {}, batch, None)[0]) < 1e-4
+    assert float(task.loss(None, {}, batch, None, 0, {})[0]) < 1e-4
     task.predict = lambda params, frozen, b: b["depth"]  # depth instead of disparity: wrong ordering
-    assert float(task.loss(None, {}, batch, None)[0]) > 0.5
+    assert float(task.loss(None, {}, batch, None, 0, {})[0]) > 0.5
 
 
 def test_init_params_carry_logical_names_and_split_into_encoder_and_decoder_groups():
@@ -127,8 +127,8 @@ def test_dinov2_init_replaces_the_encoder_and_keeps_the_fresh_head(tmp_path):
     state = to_state_dict({"pretrained": dinov2})
     save_file({k[len("pretrained."):]: v for k, v in state.items()}, str(tmp_path / "dinov2.safetensors"))
     task = TeacherTask("vits", crop=28, dinov2_init=str(tmp_path / "dinov2.safetensors"))
-    params, frozen = task.warm_start(fresh, {})
-    assert _same(params["pretrained"], dinov2) and _same(params["depth_head"], fresh["depth_head"]) and frozen == {}
+    params = task.warm_start(fresh)
+    assert _same(params["pretrained"], dinov2) and _same(params["depth_head"], fresh["depth_head"])
 
 
 def test_init_from_a_depth_anything_checkpoint_sets_every_weight(tmp_path):
@@ -137,9 +137,9 @@ def test_init_from_a_depth_anything_checkpoint_sets_every_weight(tmp_path):
     dav2_jax.save(model, {"params": source}, str(tmp_path / "ckpt"), format="jax")
     task = TeacherTask("vits", crop=28, init_from=str(tmp_path / "ckpt"))
     fresh = _random_params(task.init, _batch(task, 1), seed=2)[0]
-    params, _ = task.warm_start(fresh, {})
+    params = task.warm_start(fresh)
     assert _same(params, source)
     with pytest.raises(ValueError, match="holds a vits model but the task trains vitb"):
-        TeacherTask("vitb", crop=28, init_from=str(tmp_path / "ckpt")).warm_start(fresh, {})
+        TeacherTask("vitb", crop=28, init_from=str(tmp_path / "ckpt")).warm_start(fresh)
     with pytest.raises(ValueError, match="not both"):
         TeacherTask("vits", dinov2_init="a.pth", init_from="b.pth")
