@@ -70,7 +70,7 @@ class TeacherTask:
     init_from: "" or a Depth Anything V2 checkpoint (any format `dav2_jax.load` reads) for all weights.
     """
 
-    def __init__(self, encoder="vitg", crop=518, gm_weight=2.0, trim=0.0, dtype="float32", attention_impl="xla",
+    def __init__(self, encoder="vitg", crop=518, gm_weight=2.0, trim=0.0, dtype="float32", attention_impl="auto",
                  remat=False, dinov2_init="", init_from=""):
         if dinov2_init and init_from:
             raise ValueError(
