@@ -52,15 +52,24 @@ def preprocess(image: np.ndarray, input_size: int = 518) -> np.ndarray:
     image = check_rgb(image)
     h, w = image.shape[:2]
     nh, nw = network_size(h, w, input_size)
-    x = resize_host(image / 255.0, cubic_matrix(h, nh), cubic_matrix(w, nw))
+    x = resize_host(image, cubic_matrix(h, nh), cubic_matrix(w, nw)) / 255.0
     return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "out_hw"))
-def predict(model, params, x, out_hw: tuple[int, int]):
-    """Network input x [B, h, w, 3] → depth [B, H, W] resized like the original (bilinear, align_corners=True)."""
-    depth = model.apply(params, x)
-    return resize_align_corners(depth[..., None], *out_hw)[..., 0]
+@functools.partial(jax.jit, static_argnames=("model",))
+def forward(model, params, x):
+    """Network input x [B, h, w, 3] → depth [B, h, w] float32 at the network's resolution.
+
+    One program per (B, h, w): callers that batch many image sizes group them by `network_size`.
+    """
+    return model.apply(params, x)
+
+
+def resize_depth(depth: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Network-resolution depth [B, h, w] → [B, H, W] as the original (bilinear, align_corners=True), on the host
+    (NumPy, in depth's dtype), so that each new image size costs no compilation."""
+    depth = np.asarray(depth)
+    return resize_align_corners(depth[..., None], *out_hw, xp=np)[..., 0]
 
 
 def infer_image(model, params, image, input_size: int = 518) -> np.ndarray:
@@ -79,4 +88,4 @@ def infer_batch(model, params, images, input_size: int = 518) -> np.ndarray:
         raise ValueError(f"infer_batch needs images of one size, got {sorted(shapes)}; group them by size")
     x = np.stack([preprocess(im, input_size) for im in images])
     h, w = images[0].shape[:2]
-    return np.asarray(predict(model, params, jnp.asarray(x), (h, w)))
+    return resize_depth(forward(model, params, jnp.asarray(x)), (h, w))

@@ -1,88 +1,103 @@
-"""Predict depth for an image or a folder of images with a Depth Anything V2 or Marigold checkpoint.
+"""Predict depth for images with a Depth Anything V2 or Marigold checkpoint.
 
     python launch/infer.py --model depth_anything_v2_vits.pth --input photos/ --output out/ [--input-size 518]
+    python launch/infer.py --model marigold-depth-v1-1 --input 'photos/**/*.jpg' --output out/ --ensemble 5
 
-For each image NAME.ext it writes NAME.npy (float32 H×W: relative disparity, or metres for metric models),
-NAME.png (16-bit, min-max normalised) and NAME_color.png. Unreadable files are reported and skipped.
+--input: an image, a folder (--recursive for sub-folders), a .txt list of paths or a glob. Outputs
+mirror the inputs' relative paths under --output. For each image NAME.ext a Depth Anything model writes NAME.npy
+(float32 H×W: relative disparity, or metres for metric models), NAME.png (16-bit, min-max normalised) and
+NAME_color.png, plus NAME_mm.png (uint16 millimetres) for metric models; --save picks others. Unreadable files
+are reported and skipped. Compiled programs are cached in --compilation-cache across runs.
 """
 
 import argparse
 import os
 import sys
 
-import numpy as np
-import tqdm
+from launch import compilation_cache, images
 
-from launch import images
+# Flags that only one family reads: default None (or False), so that setting them for the other is an error.
+DAV2_FLAGS = {"input_size": 518, "max_depth": None}
+MARIGOLD_FLAGS = {"steps": None, "ensemble": 1, "ensemble_batch": 1, "processing_resolution": None, "seed": 0,
+                  "uncertainty": False}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="official .pth, transformers/diffusers folder, dav2_jax folder or DAv2 training run directory")
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
+    p.add_argument("--input", required=True, help="an image, a folder, a .txt list of paths, or a glob")
     p.add_argument("--output", required=True, help="output folder (created)")
-    p.add_argument("--input-size", type=int, default=518, help="DAv2: short side of the network input (×14)")
-    p.add_argument("--batch-size", type=int, default=1, help="DAv2: images of one size run together")
-    p.add_argument("--max-depth", type=float, default=None, help="DAv2 metric .pth whose name lacks the range")
+    p.add_argument("--recursive", action="store_true", help="with a folder --input: include its sub-folders")
+    p.add_argument("--save", default=None,
+                   help="comma-separated outputs: npy, png16, color, mm and pfm (metric depth), png (normals, "
+                        "intrinsics); default: npy,png16,color (+mm for metric models; npy,png for Marigold "
+                        "normals and intrinsics)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images run together (default: one per local device), split over all local devices")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype (parameters stay float32); bfloat16 is for TPUs and GPUs")
+    p.add_argument("--compilation-cache", default=compilation_cache.DEFAULT_DIR,
+                   help="folder of JAX's persistent compilation cache ('off' disables it); default %(default)s")
     p.add_argument("--attention", default="auto", choices=["auto", "xla", "heads_first"],
                    help="attention kernel; auto: heads_first on CPU (faster there), xla on TPU/GPU")
+    p.add_argument("--input-size", type=int, default=None, help="DAv2: short side of the network input (×14)")
+    p.add_argument("--max-depth", type=float, default=None, help="DAv2 metric .pth whose name lacks the range")
     p.add_argument("--steps", type=int, default=None, help="Marigold: denoising steps (default: the checkpoint's)")
-    p.add_argument("--ensemble", type=int, default=1, help="Marigold: ensemble size")
+    p.add_argument("--ensemble", type=int, default=None, help="Marigold: predictions per image (default 1)")
+    p.add_argument("--ensemble-batch", type=int, default=None,
+                   help="Marigold: ensemble members per image denoised at once (default 1)")
     p.add_argument("--processing-resolution", type=int, default=None, help="Marigold: long side (0 = native)")
-    p.add_argument("--seed", type=int, default=0, help="Marigold: noise seed")
-    p.add_argument("--uncertainty", action="store_true", help="Marigold: also write the ensemble uncertainty")
+    p.add_argument("--seed", type=int, default=None, help="Marigold: noise seed (default 0)")
+    p.add_argument("--uncertainty", action="store_true", default=None,
+                   help="Marigold: also write the ensemble uncertainty")
     return p.parse_args(argv)
 
 
-def _batches(paths, batch_size):
-    """Yield (paths, images) groups of equal-size images, reporting unreadable files as (path, error)."""
-    group, group_paths = [], []
-    for path in paths:
-        try:
-            rgb = images.read_rgb(path)
-        except images.UnreadableImage as e:
-            yield [path], e
-            continue
-        if group and (rgb.shape != group[0].shape or len(group) == batch_size):
-            yield group_paths, np.stack(group)
-            group, group_paths = [], []
-        group.append(rgb)
-        group_paths.append(path)
-    if group:
-        yield group_paths, np.stack(group)
+def _check_family(args, family: str) -> None:
+    """Fill in this family's defaults; refuse flags that only the other family reads."""
+    own, other = (DAV2_FLAGS, MARIGOLD_FLAGS) if family == "dav2" else (MARIGOLD_FLAGS, DAV2_FLAGS)
+    wrong = ["--" + name.replace("_", "-") for name in other if getattr(args, name) is not None]
+    if wrong:
+        kind = "a Depth Anything V2" if family == "dav2" else "a Marigold"
+        raise SystemExit(f"{args.model} is {kind} checkpoint; {', '.join(wrong)} only apply to the other family")
+    for name, default in own.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
-def run_dav2(args, paths) -> tuple[int, list[str]]:
-    import dav2_jax
+def _setup_devices(args):
+    """The `data` mesh over all local devices; --batch-size defaults to one image per device."""
+    import jax
+    import numpy as np
 
-    model, params = dav2_jax.load(args.model, max_depth=args.max_depth, attention_impl=args.attention)
-    cmap = "Spectral_r" if model.max_depth is None else "Spectral"
-    done, failed = 0, []
-    with tqdm.tqdm(total=len(paths), unit="img", disable=None) as bar:
-        for group_paths, batch in _batches(paths, args.batch_size):
-            if isinstance(batch, Exception):
-                tqdm.tqdm.write(f"skipped {batch}", file=sys.stderr)
-                failed.append(group_paths[0])
-            else:
-                for path, depth in zip(group_paths, dav2_jax.infer_batch(model, params, batch, args.input_size)):
-                    images.write_depth(args.output, os.path.splitext(os.path.basename(path))[0], depth, cmap)
-                    done += 1
-            bar.update(len(group_paths))
-    return done, failed
+    devices = jax.local_devices()
+    if args.batch_size is None:
+        args.batch_size = len(devices)
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}")
+    return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    paths = images.list_inputs(args.input)
-    os.makedirs(args.output, exist_ok=True)
-    if os.path.exists(os.path.join(args.model, "model_index.json")):
+    compilation_cache.enable(args.compilation_cache)
+    marigold = os.path.exists(os.path.join(args.model, "model_index.json"))
+    _check_family(args, "marigold" if marigold else "dav2")
+    try:
+        inputs = images.list_inputs(args.input, args.recursive)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
+    mesh = _setup_devices(args)
+    if marigold:
         from launch import infer_marigold
 
-        done, failed = infer_marigold.run(args, paths)
+        done, failed = infer_marigold.run(args, inputs, mesh)
     else:
-        done, failed = run_dav2(args, paths)
-    print(f"wrote {done} of {len(paths)} images to {args.output}" + (f"; {len(failed)} unreadable: "
+        from launch import infer_dav2
+
+        done, failed = infer_dav2.run(args, inputs, mesh)
+    print(f"wrote {done} of {len(inputs)} inputs to {args.output}" + (f"; {len(failed)} unreadable: "
           + ", ".join(os.path.basename(f) for f in failed) if failed else ""))
     return 0 if done else 1
 

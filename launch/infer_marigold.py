@@ -1,8 +1,8 @@
 """Marigold part of `launch/infer.py`: depth, normals or intrinsics for each image, by the checkpoint's modality.
 
-Writes, for each image NAME.ext:
+Writes, for each image NAME.ext (`--save` picks among them):
 - depth: NAME.npy (float32 H×W in [0, 1], affine-invariant depth, 0 = near), NAME.png (16-bit, min-max) and
-  NAME_color.png (Spectral: near = red), as the Depth Anything CLI does;
+  NAME_color.png (Spectral: near = red), as the Depth Anything CLI does, or NAME.pfm (float32) on request;
 - normals: NAME.npy (float32 H×W×3 unit vectors: x right, y up, z towards the camera) and NAME.png (RGB,
   (n + 1) / 2 as diffusers' `visualize_normals`);
 - intrinsics: NAME.npy (float32 T×H×W×3 in [0, 1]) and NAME_TARGET.png per target, sub-targets of stacked
@@ -10,16 +10,19 @@ Writes, for each image NAME.ext:
   `visualize_intrinsics`);
 - with `--uncertainty` (needs `--ensemble` > 1): NAME_uncertainty.npy and NAME_uncertainty.png (per target for
   intrinsics: NAME_TARGET_uncertainty.*), scaled so the 95th percentile is white as diffusers does.
+
+Images of one size run `--batch-size` at a time (all their ensemble members, `--ensemble-batch` per image per
+denoising pass), split over the `data` axis of all local devices. Each image's initial noise is drawn from
+`--seed` alone, as if it ran by itself, so its result does not depend on the images it is batched with (LCM's
+noise between steps, with more than one step, is drawn per pass).
 """
 
-import os
 import sys
 
 import numpy as np
 import tqdm
-from PIL import Image
 
-from launch import images
+from launch import images, outputs
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
@@ -64,68 +67,139 @@ def intrinsics_pngs(targets: np.ndarray, target_properties: dict) -> dict[str, n
     return out
 
 
-def _save_png(out_dir: str, name: str, pixels: np.ndarray) -> None:
-    Image.fromarray(pixels).save(os.path.join(out_dir, f"{name}.png"))
-
-
-def _write_uncertainty(out_dir: str, stem: str, uncertainty: np.ndarray) -> None:
+def _write_uncertainty(stem: str, uncertainty: np.ndarray) -> None:
     """uncertainty [H, W, 1] or [H, W, 3] -> STEM_uncertainty.npy (as is) and STEM_uncertainty.png."""
-    np.save(os.path.join(out_dir, f"{stem}_uncertainty.npy"), uncertainty.astype(np.float32))
+    outputs.save_npy(f"{stem}_uncertainty.npy", uncertainty.astype(np.float32))
     grey = uncertainty[..., 0] if uncertainty.shape[-1] == 1 else uncertainty
-    _save_png(out_dir, f"{stem}_uncertainty", uncertainty_grey(grey))
+    outputs.save_png(f"{stem}_uncertainty.png", uncertainty_grey(grey))
 
 
-def write_prediction(out_dir: str, stem: str, pipeline, output) -> None:
-    """Write one image's `MarigoldOutput` (batch of one) in the layout of the module docstring."""
-    prediction = output.prediction
-    uncertainty = output.uncertainty
+def _target_properties(pipeline) -> dict:
+    return pipeline.model_index.get("target_properties") or {"target_names": pipeline.target_names}
+
+
+def save_kinds(args, pipeline) -> list[str]:
+    """The --save list for this checkpoint's modality (depth: npy, png16, color, pfm; else npy, png)."""
+    allowed = ["npy", "png16", "color", "pfm"] if pipeline.modality == "depth" else ["npy", "png"]
+    default = ["npy", "png16", "color"] if pipeline.modality == "depth" else ["npy", "png"]
+    if args.save is None:
+        return default
+    kinds = [k.strip() for k in args.save.split(",") if k.strip()]
+    if not kinds or any(k not in allowed for k in kinds):
+        raise SystemExit(f"--save for a Marigold {pipeline.modality} checkpoint expects some of "
+                         f"{', '.join(allowed)}, got {args.save!r}")
+    return kinds
+
+
+def suffixes(pipeline, kinds, uncertainty: bool) -> list[str]:
+    """What `write_prediction` appends to an image's stem, for output planning."""
     if pipeline.modality == "depth":
-        images.write_depth(out_dir, stem, prediction[0, ..., 0], cmap="Spectral")
+        out = [outputs.DEPTH_SUFFIXES[k] for k in kinds]
     elif pipeline.modality == "normals":
-        np.save(os.path.join(out_dir, f"{stem}.npy"), prediction[0])
-        _save_png(out_dir, stem, normals_rgb(prediction[0]))
+        out = [{"npy": ".npy", "png": ".png"}[k] for k in kinds]
     else:
-        np.save(os.path.join(out_dir, f"{stem}.npy"), prediction)
-        properties = pipeline.model_index.get("target_properties") or {"target_names": pipeline.target_names}
-        for name, pixels in intrinsics_pngs(prediction, properties).items():
-            _save_png(out_dir, f"{stem}_{name}", pixels)
+        names = list(intrinsics_pngs(np.zeros((pipeline.n_targets, 1, 1, 3)), _target_properties(pipeline)))
+        out = (([".npy"] if "npy" in kinds else []) + ([f"_{n}.png" for n in names] if "png" in kinds else []))
+    if uncertainty:
+        prefixes = [f"_{n}" for n in pipeline.target_names] if pipeline.modality == "intrinsics" else [""]
+        out += [f"{p}_uncertainty{e}" for p in prefixes for e in (".npy", ".png")]
+    return out
+
+
+def write_prediction(stem: str, pipeline, prediction, uncertainty, kinds) -> None:
+    """Write one image's prediction ([1, H, W, C], or [T, H, W, 3] for intrinsics) and uncertainty (same layout,
+    or None) at `stem` (a path without suffix) as the module docstring says."""
+    if pipeline.modality == "depth":
+        outputs.write_depth(stem, prediction[0, ..., 0], kinds, cmap="Spectral")
+    elif pipeline.modality == "normals":
+        if "npy" in kinds:
+            outputs.save_npy(f"{stem}.npy", prediction[0])
+        if "png" in kinds:
+            outputs.save_png(f"{stem}.png", normals_rgb(prediction[0]))
+    else:
+        if "npy" in kinds:
+            outputs.save_npy(f"{stem}.npy", prediction)
+        if "png" in kinds:
+            for name, pixels in intrinsics_pngs(prediction, _target_properties(pipeline)).items():
+                outputs.save_png(f"{stem}_{name}.png", pixels)
     if uncertainty is None:
         return
     if pipeline.modality == "intrinsics":
         for name, u in zip(pipeline.target_names, uncertainty):
-            _write_uncertainty(out_dir, f"{stem}_{name}", u)
+            _write_uncertainty(f"{stem}_{name}", u)
     else:
-        _write_uncertainty(out_dir, stem, uncertainty[0])
+        _write_uncertainty(stem, uncertainty[0])
 
 
-def run(args, paths: list[str]) -> tuple[int, list[str]]:
-    """Predict every image of `paths` with the Marigold folder `args.model`; returns (written, unreadable paths).
+def initial_noise(pipeline, size: tuple[int, int], n_images: int, ensemble: int, resolution: int, seed: int):
+    """Initial latents NHWC [n_images * ensemble, h, w, 4T]: each image gets what `seed` draws for it alone."""
+    from marigold_jax.image_processing import max_edge_size
 
-    Uses args.steps, .ensemble, .processing_resolution, .seed, .uncertainty, .batch_size (ensemble members
-    denoised at once) and .attention (the U-Net/VAE attention kernel).
+    h, w = size if resolution == 0 else max_edge_size(*size, resolution)
+    f = pipeline.vae_scale_factor
+    shape = (ensemble, -(-h // f), -(-w // f), pipeline.vae.latent_channels * pipeline.n_targets)
+    return np.concatenate([np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)] * n_images)
+
+
+def _groups(inputs, batch_size: int):
+    """Yield (indices, None) batches of equal-size readable images, and ([index], UnreadableImage) for the rest."""
+    by_size = {}
+    for i, item in enumerate(inputs):
+        try:
+            by_size.setdefault(images.image_size(item.path), []).append(i)
+        except images.UnreadableImage as e:
+            yield [i], e
+    for members in by_size.values():
+        for start in range(0, len(members), batch_size):
+            yield members[start : start + batch_size], None
+
+
+def run(args, inputs, mesh) -> tuple[int, list[str]]:
+    """Predict every image of `inputs` with the Marigold folder `args.model`; returns (written, unreadable paths).
+
+    Uses args.steps, .ensemble, .ensemble_batch, .processing_resolution, .seed, .uncertainty, .batch_size
+    (images at once), .dtype and .attention (the U-Net/VAE attention kernel).
     """
+    import jax.numpy as jnp
+
     import marigold_jax
 
     if args.uncertainty and args.ensemble < 2:
         raise SystemExit("--uncertainty needs --ensemble 2 or more (it measures how much the members disagree)")
-    pipeline = marigold_jax.load(args.model, attention_impl=args.attention)
-    knobs = dict(
-        num_inference_steps=args.steps,
-        ensemble_size=args.ensemble,
-        processing_resolution=args.processing_resolution,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        output_uncertainty=args.uncertainty,
-    )
+    pipeline = marigold_jax.load(args.model, dtype=jnp.dtype(args.dtype), attention_impl=args.attention)
+    kinds = save_kinds(args, pipeline)
+    try:
+        stems = outputs.plan_stems(inputs, args.output, suffixes(pipeline, kinds, args.uncertainty))
+    except outputs.OutputConflict as e:
+        raise SystemExit(str(e)) from e
+    if mesh.devices.size > 1:
+        pipeline = pipeline.replicate(mesh, "data")
+    resolution = args.processing_resolution
+    if resolution is None:
+        resolution = pipeline.model_index.get("default_processing_resolution")
+    if resolution is None:
+        raise SystemExit(f"{args.model} names no default_processing_resolution; pass --processing-resolution")
+    targets = pipeline.n_targets if pipeline.modality == "intrinsics" else 1
     done, failed = 0, []
-    for path in tqdm.tqdm(paths, unit="img", disable=None):
-        try:
-            rgb = images.read_rgb(path)
-        except images.UnreadableImage as e:
-            tqdm.tqdm.write(f"skipped {e}", file=sys.stderr)
-            failed.append(path)
-            continue
-        output = pipeline.predict(rgb, **knobs)
-        write_prediction(args.output, os.path.splitext(os.path.basename(path))[0], pipeline, output)
-        done += 1
+    with tqdm.tqdm(total=len(inputs), unit="img", disable=None) as bar:
+        for group, error in _groups(inputs, args.batch_size):
+            readable, rgbs, errors = images.read_many(inputs, group) if error is None else ([], [], [error])
+            for e in errors:
+                tqdm.tqdm.write(f"skipped {e}", file=sys.stderr)
+            failed.extend(inputs[i].path for i in group if i not in readable)
+            bar.update(len(errors))
+            if not rgbs:
+                continue
+            output = pipeline.predict(
+                np.stack(rgbs), num_inference_steps=args.steps, ensemble_size=args.ensemble,
+                processing_resolution=resolution, batch_size=len(rgbs) * args.ensemble_batch,
+                latents=initial_noise(pipeline, rgbs[0].shape[:2], len(rgbs), args.ensemble, resolution, args.seed),
+                seed=args.seed, output_uncertainty=args.uncertainty,
+            )
+            for j, i in enumerate(readable):
+                rows = slice(j * targets, (j + 1) * targets)
+                uncertainty = None if output.uncertainty is None else output.uncertainty[rows]
+                write_prediction(stems[i], pipeline, output.prediction[rows], uncertainty, kinds)
+                bar.update(1)
+            done += len(readable)
     return done, failed

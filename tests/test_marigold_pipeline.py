@@ -261,7 +261,7 @@ def test_infer_cli_writes_each_modality_like_the_depth_anything_cli(checkpoints,
     (inputs / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
     argv = ["--model", checkpoints[name][0], "--input", str(inputs), "--output", str(out), "--steps", "1",
-            "--processing-resolution", "0", "--attention", "xla", *extra]  # programs compiled above serve these
+            "--processing-resolution", "0", "--attention", "xla", "--compilation-cache", "off", *extra]  # programs compiled above serve these
     with jax.default_matmul_precision("highest"):
         assert infer.main(argv) == 0
     assert set(files) <= set(os.listdir(out))
