@@ -8,12 +8,11 @@ wrote after its checkpoint.
 """
 
 import io
-import os
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
 from PIL import Image
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
@@ -30,7 +29,8 @@ KEPT_FILE = "events.out.tfevents.0000000000.kept"  # what earlier invocations wr
 class TensorBoardLog:
     """Scalars, images and text of one run as TensorBoard events; only process 0 writes.
 
-    directory: the event-file folder (created); resume_step: the step the run (re)starts from. Events an
+    directory: the event-file folder (created; local, or a URL such as `gs://` where TensorFlow or an fsspec
+    file system for it is installed); resume_step: the step the run (re)starts from. Events an
     interrupted run wrote after `resume_step` are removed from the folder's files first, as `MetricsLog` drops
     lines; so is a config text at `resume_step` itself, which this invocation writes anew.
     """
@@ -40,7 +40,7 @@ class TensorBoardLog:
         self.writer = None
         if not self.active:
             return
-        directory = Path(directory)
+        directory = epath.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         drop_after(directory, resume_step, also_at_step={CONFIG_TAG})
         self.writer = EventFileWriter(str(directory), max_queue_size=1000, flush_secs=60)
@@ -98,7 +98,7 @@ class TensorBoardLog:
 
 def event_files(directory):
     """The event files of `directory`, oldest first (the order TensorBoard reads them in)."""
-    return sorted(p for p in Path(directory).iterdir() if EVENT_FILE_MARK in p.name and p.is_file())
+    return sorted(p for p in epath.Path(directory).iterdir() if EVENT_FILE_MARK in p.name and p.is_file())
 
 
 def drop_after(directory, step, also_at_step=frozenset()):
@@ -109,7 +109,7 @@ def drop_after(directory, step, also_at_step=frozenset()):
     it before every writer's file. Crash-safe: they are written under names TensorBoard ignores, and a finished
     `kept.ready` survives a crash to be completed by the next start.
     """
-    directory = Path(directory)
+    directory = epath.Path(directory)
     ready = directory / "kept.ready"
     if not ready.exists():
         files = event_files(directory)
@@ -128,7 +128,6 @@ def drop_after(directory, step, also_at_step=frozenset()):
                         continue
                     writer.write(raw)
             writer.flush()
-            os.fsync(f.fileno())
         partial.rename(ready)
     for path in event_files(directory):
         path.unlink()
