@@ -85,4 +85,5 @@ def get_config():
     c.eval.num_samples = 256  # held-out examples scored
     c.eval.min_depth = 1e-3  # metres: pixels outside [min_depth, max_depth] are not scored
     c.eval.max_depth = 1000.0
+    c.eval.num_images = 4  # held-out samples pictured at each evaluation (WORKDIR/samples/STEP.png, TensorBoard)
     return c

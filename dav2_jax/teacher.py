@@ -94,6 +94,11 @@ class TeacherTask:
         """Relative disparity [B, H, W] for batch["image"] [B, H, W, 3] (ImageNet-normalised); rng unused."""
         return self.model.apply({"params": params}, batch["image"])
 
+    def input_images(self, batch):
+        """The network inputs batch["image"] [B, H, W, 3] (ImageNet-normalised) as RGB uint8, for sample pictures."""
+        rgb = np.asarray(batch["image"], np.float64) * IMAGENET_STD + IMAGENET_MEAN
+        return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
     def loss(self, params, frozen, batch, rng, step=None, targets=None):
         """batch: image [B, S, S, 3], depth [B, S, S] metres, valid [B, S, S] → (loss, {"ssi", "gm"}).
 

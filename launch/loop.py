@@ -11,7 +11,10 @@ A *task* is any object with
   rate is 0 is frozen: no gradient, no optimizer state;
 - `logical_axis_rules(sharding) -> rules`: extra (logical name, mesh axes) rules placed before the standard ones;
 - for held-out evaluation: `predict(params, frozen, batch, rng) -> prediction` (jittable) and `prediction_kind`
-  ("disparity" | "depth" | "metric" | "normals"; see `launch/tasks.py`);
+  ("disparity" | "depth" | "metric" | "normals"; see `launch/tasks.py`), which also says how its sample pictures
+  are drawn (`launch/sample_grids.py`: depth kinds in Spectral after least-squares alignment to batch["depth"],
+  normals as RGB against batch["normals"]), and `input_images(batch) -> uint8 [B, H, W, 3]`: the network inputs of
+  a host batch (numpy) as RGB, the first column of the pictures (not needed with `config.eval.num_images=0`);
 and optionally
 - `warm_start(params) -> params`: pretrained weights (e.g. DINOv2) put into the fresh params of a new run (never
   called on resume);
@@ -37,10 +40,12 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from launch import mesh as mesh_lib
+from launch import sample_grids
 from launch.checkpoint import Checkpointer, run_directory
 from launch.metrics_log import MetricsLog, to_python
 from launch.optimizer import make_optimizer, trained_mask
 from launch.step import TrainState, make_train_step
+from launch.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +151,12 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
     """Train `task` as `config` says, resuming from `workdir` if it holds a checkpoint; returns (state, frozen).
 
     data_iterator: a checkpointable Grain iterator yielding this process's share of each global batch (numpy).
-    evaluate: optional `(params, frozen, put_batch) -> {name: float}` run every `config.eval_every` steps (and
+    evaluate: optional `(params, frozen, put_batch) -> (scores, samples)` run every `config.eval_every` steps (and
     at the start of a fresh run) on the EMA parameters when EMA is on; `put_batch` places a host batch on the mesh.
+    scores: {name: float}; samples: a uint8 [H, W, 3] picture or None (see `tasks.build_evaluate`).
+    Writes, from process 0: `metrics.jsonl` (the source of truth), the same scalars at the same steps and the config
+    to TensorBoard event files in `tensorboard/`, and each evaluation's samples to `samples/STEP.png` and
+    TensorBoard; on resume, whatever an interrupted run wrote after the restored checkpoint is dropped from all.
     stop_after_steps: end this invocation after that many steps with a checkpoint, as a preemption would.
     """
     workdir = run_directory(workdir)
@@ -168,8 +177,24 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
         log.info("%s at step %d of %d; metrics in %s", "resuming" if latest is not None else "starting", start,
                  config.total_steps, workdir / "metrics.jsonl")
         metrics_log = MetricsLog(workdir / "metrics.jsonl", start)
+        board = TensorBoardLog(workdir / "tensorboard", start)
+        board.config(start, config)
+        if jax.process_index() == 0:
+            sample_grids.drop_after(workdir / "samples", start)
+
+        def write(record):
+            metrics_log.write(record)
+            board.scalars(record["step"], record)
+
+        def run_evaluation(step, state):
+            scores, samples = evaluate(_eval_params(state), frozen, put_batch)
+            write({"step": step, **scores})
+            if samples is not None and jax.process_index() == 0:
+                sample_grids.save(workdir / "samples", step, samples)
+                board.image("samples", step, samples)
+
         if evaluate is not None and config.eval_every and latest is None:
-            metrics_log.write({"step": 0, **evaluate(_eval_params(state), frozen, put_batch)})
+            run_evaluation(0, state)
         last_saved = latest
         bar = _progress(start, config.total_steps)
         last_time, last_step = time.perf_counter(), start
@@ -188,14 +213,14 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
                 record["steps_per_sec"] = (step - last_step) / (now - last_time)
                 record.update(values)
                 record.update(lrs)
-                metrics_log.write(record)
+                write(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['loss']:.4g}")
                 last_time, last_step = now, step
             if evaluate is not None and config.eval_every and (
                 step % config.eval_every == 0 or step == config.total_steps
             ):
-                metrics_log.write({"step": step, **evaluate(_eval_params(state), frozen, put_batch)})
+                run_evaluation(step, state)
                 last_time = time.perf_counter()
             if checkpointer.save(step, state, data_iterator, config):
                 last_saved = step
@@ -203,6 +228,7 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
             checkpointer.save(step, state, data_iterator, config, force=True)
         checkpointer.wait()
         checkpointer.close()
+        board.close()
         if bar is not None:
             bar.close()
     return state, frozen

@@ -18,6 +18,7 @@ factor (nearest neighbour) so that small training crops stay visible.
 import math
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 from launch.eval import alignment
@@ -160,6 +161,25 @@ def grid(rows, titles):
     for c, title in enumerate(titles):
         draw.text((c * (tw + GAP) + 2, 3), title, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
+
+
+def save(directory, step, picture):
+    """Write `picture` (uint8 RGB) as `directory`/STEP.png (the folder is created; local or a URL epath knows)."""
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / f"{int(step)}.png").open("wb") as f:
+        Image.fromarray(picture).save(f, format="PNG")
+
+
+def drop_after(directory, step):
+    """Remove the `directory`/STEP.png pictures of steps after `step` (what an interrupted run drew after its
+    checkpoint); a missing folder is fine."""
+    directory = epath.Path(directory)
+    if not directory.exists():
+        return
+    for path in directory.glob("*.png"):
+        if path.stem.isdigit() and int(path.stem) > step:
+            path.unlink()
 
 
 def _rgb(pixels):

@@ -13,6 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from dav2_jax.teacher import TeacherTask
+from launch import sample_grids
 from launch.data import pipeline, sources
 from launch.eval import metrics, protocols
 
@@ -87,15 +88,20 @@ def _score(kind, prediction, batch, spec):
 
 
 EVAL_KINDS = (*protocols.OUTPUT_KINDS, "normals")
+DEFAULT_NUM_IMAGES = 4  # held-out samples pictured at each evaluation when the config does not say
+PREDICTION = "__prediction__"  # the key of the prediction among a gathered batch's arrays
 
 
 def build_evaluate(config, task):
-    """The periodic held-out evaluation `(params, frozen, put_batch) -> {"eval/NAME": float}`, or None when
+    """The periodic held-out evaluation `(params, frozen, put_batch) -> (scores, samples)`, or None when
     `config.eval_every` is 0.
 
     The task predicts (`task.predict(params, frozen, batch, rng)`, jitted, with a fixed key so evaluations are
     comparable) and says what its prediction is (`task.prediction_kind`); scoring is the benchmarks' own
-    (`launch.eval`), per sample, averaged over samples.
+    (`launch.eval`), per sample, averaged over samples: scores is {"eval/NAME": float}. samples: on process 0, the
+    picture of the first `config.eval.num_images` held-out samples (`launch.sample_grids.render`: input |
+    prediction | ground truth, drawn by the prediction kind; the inputs from `task.input_images(batch)`), uint8
+    [H, W, 3]; None on other processes or with num_images 0.
     """
     if not config.eval_every:
         return None
@@ -105,27 +111,41 @@ def build_evaluate(config, task):
             f"task {config.task!r} cannot be evaluated: it needs predict(params, frozen, batch, rng) and a "
             f"prediction_kind in {EVAL_KINDS} (has {kind!r}); or set --config.eval_every=0"
         )
+    num_images = int(config.eval.get("num_images", DEFAULT_NUM_IMAGES))
+    if num_images and not hasattr(task, "input_images"):
+        raise ValueError(
+            f"task {config.task!r} cannot show its held-out samples: it needs input_images(batch) -> uint8 "
+            "[B, H, W, 3], its network inputs as RGB; or set --config.eval.num_images=0"
+        )
     source = build_source("eval", config.eval.source)
     batches = pipeline.eval_batches(source, task.prepare, config.eval.batch_size, config.eval.num_samples)
     spec = protocols.DepthSpec(config.eval.min_depth, config.eval.max_depth)
     predict = jax.jit(task.predict)
     truth = ("normals", "valid") if kind == "normals" else ("depth", "valid")
     rng = jax.random.key(config.seed)
+    gather = lambda tree: jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
 
     def evaluate(params, frozen, put_batch):
-        scores = []
+        scores, shown = [], []
         for local in batches:
             batch = put_batch(local)
-            pred, *labels = (
-                np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                for x in (predict(params, frozen, batch, rng), *(batch[name] for name in truth))
-            )
-            for i, p in enumerate(pred):
+            wanted = len(shown) < num_images  # the whole batch (inputs too) only while samples are still needed
+            host = gather({**(batch if wanted else {name: batch[name] for name in truth}),
+                           PREDICTION: predict(params, frozen, batch, rng)})
+            for i, p in enumerate(host[PREDICTION]):
                 try:
-                    scores.append(_score(kind, p, {k: v[i] for k, v in zip(truth, labels)}, spec))
+                    scores.append(_score(kind, p, {name: host[name][i] for name in truth}, spec))
                 except metrics.EmptyMask:
                     continue
+            if wanted:
+                images = task.input_images(host)
+                for i in range(min(num_images - len(shown), len(images))):
+                    shown.append((images[i], host[PREDICTION][i], *(host[name][i] for name in truth)))
         names = ("mean_angle", "within_11_25") if kind == "normals" else ("abs_rel", "delta1")
-        return {f"eval/{name}": float(np.mean([s[name] for s in scores])) if scores else math.nan for name in names}
+        results = {f"eval/{name}": float(np.mean([s[name] for s in scores])) if scores else math.nan for name in names}
+        if not shown or jax.process_index() != 0:
+            return results, None
+        columns = [np.stack(column) for column in zip(*shown)]
+        return results, sample_grids.render(kind, *columns, min_depth=spec.min_depth, max_depth=spec.max_depth)
 
     return evaluate

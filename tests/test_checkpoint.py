@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from absl import flags
 from test_loop import ToySource, ToyTask, toy_config
+from test_tensorboard_log import assert_event_files_hold_the_metrics
 
 from launch import train
 from launch.data import pipeline
@@ -146,6 +147,7 @@ def test_resume_after_stop_after_steps_is_bit_identical(reference, tmp_path):
     train.run(config, tmp_path, stop_after_steps=4)
     train.run(config, tmp_path)
     assert _losses_and_samples(tmp_path) == reference
+    assert_event_files_hold_the_metrics(tmp_path)
 
 
 def test_resume_after_kill_9_following_a_checkpoint_is_bit_identical(reference, tmp_path):
@@ -175,5 +177,6 @@ def test_resume_after_kill_9_following_a_checkpoint_is_bit_identical(reference, 
     assert not (workdir / "checkpoints" / str(TOTAL)).exists()
     train.run(toy_config(total_steps=TOTAL, checkpoint_every=4), workdir)
     assert _losses_and_samples(workdir) == reference
+    assert_event_files_hold_the_metrics(workdir)  # without what the killed run logged after step 4
     first_epoch = [i for _, _, ids in reference[:5] for i in ids]
     assert sorted(first_epoch) == list(range(40))

@@ -280,7 +280,7 @@ def test_train_logs_step_loss_lr_and_speed_and_learns(tmp_path):
     def evaluate(params, frozen, put):
         batch = put(held_out)
         pred = task.model.apply({"params": params}, batch["x"] * frozen["scale"])
-        return {"eval/loss": float(jnp.mean((pred - batch["y"]) ** 2))}
+        return {"eval/loss": float(jnp.mean((pred - batch["y"]) ** 2))}, None
 
     loop.train(config, task, toy_iterator(task, 8), _batch(task, 1), tmp_path, evaluate=evaluate)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -295,6 +295,9 @@ def test_train_logs_step_loss_lr_and_speed_and_learns(tmp_path):
     assert [r["step"] for r in evals] == [0, 20, 40]
     assert evals[-1]["eval/loss"] < 0.7 * evals[0]["eval/loss"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["20", "40"]
+    from test_tensorboard_log import assert_event_files_hold_the_metrics  # not at the top: subprocesses import us
+
+    assert_event_files_hold_the_metrics(tmp_path)
 
 
 def test_bad_learning_rate_table_names_the_missing_group():

@@ -1,13 +1,19 @@
 """`launch/sample_grids.py`: what the sample pictures show for each prediction kind, and where each tile lands."""
 
+import io
 import math
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import pytest
+from PIL import Image
 
-from launch import sample_grids
-from launch.data import synthetic
+from launch import loop, sample_grids, tasks
+from launch.data import pipeline, synthetic
+from launch.data.sources import SyntheticScenes
 
 EPS = np.finfo(np.float64).eps
 
@@ -116,3 +122,78 @@ def test_unknown_kinds_and_non_rgb_inputs_are_refused_with_what_was_expected():
         sample_grids.render("heat", s["image"], s["depth"], s["depth"], s["valid"])
     with pytest.raises(ValueError, match=r"expected RGB uint8 images \[N, H, W, 3\], got float32"):
         sample_grids.render("depth", s["image"].astype(np.float32), s["depth"], s["depth"], s["valid"])
+
+
+class _PixelDisparity(nn.Module):
+    @nn.compact
+    def __call__(self, image):
+        """image: [B, H, W, 3] in [0, 1] → disparity [B, H, W], one affine map of each pixel's colour."""
+        kernel = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None))
+        return nn.Dense(1, kernel_init=kernel, name="decoder")(image)[..., 0]
+
+
+class _PixelTask:
+    """A one-layer disparity regressor on generated scenes: just enough to learn visibly within a few steps."""
+
+    prediction_kind = "disparity"
+
+    def __init__(self, config=None):
+        self.model = _PixelDisparity()
+
+    def init(self, rng, example_batch):
+        return self.model.init(rng, jnp.asarray(example_batch["image"]))["params"], {}
+
+    def predict(self, params, frozen, batch, rng=None):
+        return self.model.apply({"params": params}, batch["image"])
+
+    def input_images(self, batch):
+        return np.round(np.asarray(batch["image"]) * 255).astype(np.uint8)
+
+    def loss(self, params, frozen, batch, rng, step=None, targets=None):
+        valid = batch["valid"]
+        disparity = jnp.where(valid, 1.0 / jnp.where(valid, batch["depth"], 1.0), 0.0)
+        return jnp.sum(jnp.where(valid, self.predict(params, frozen, batch) - disparity, 0.0) ** 2) / valid.sum(), {}
+
+    def prepare(self, sample, rng):
+        return {"image": (sample["image"] / 255.0).astype(np.float32), "depth": sample["depth"],
+                "valid": sample["valid"]}
+
+    def param_groups(self, params):
+        return jax.tree.map(lambda _: "decoder", params)
+
+    def logical_axis_rules(self, sharding):
+        return ()
+
+
+def test_each_evaluation_writes_a_picture_whose_predictions_change_as_the_model_learns(tmp_path):
+    from test_loop import toy_config
+    from test_tensorboard_log import _read
+
+    config = toy_config(**{"total_steps": 4, "eval_every": 2, "checkpoint_every": 4, "optimizer.lr": {"decoder": 0.3}})
+    config.eval = dict(source=dict(reader="synthetic", num_samples=2, height=28, width=28, seed=9), batch_size=2,
+                       num_samples=2, min_depth=1e-3, max_depth=1e3, num_images=2)
+    task = _PixelTask()
+    scenes = SyntheticScenes(16, 28, 28, seed=0)
+    iterator = pipeline.train_iterator(pipeline.mixture([scenes], [1.0], 0), task.prepare, 0, 8, read_threads=0)
+    loop.train(config, task, iterator, pipeline.example_batch(scenes, task.prepare), tmp_path,
+               evaluate=tasks.build_evaluate(config, task), devices=jax.devices()[:1])
+    pictures = [np.asarray(Image.open(tmp_path / "samples" / f"{step}.png")) for step in (0, 2, 4)]
+    side = 28 * 5 + sample_grids.GAP
+    for picture in pictures:
+        assert picture.shape == (sample_grids.HEADER + 2 * side, 3 * side - sample_grids.GAP, 3)
+    for row in range(2):
+        inputs, predictions, truths = zip(*[[_tile(p, row, c, 28) for c in range(3)] for p in pictures])
+        assert all(np.array_equal(x, inputs[0]) for x in inputs) and all(np.array_equal(x, truths[0]) for x in truths)
+        assert not np.array_equal(predictions[0], predictions[1]) and not np.array_equal(predictions[1], predictions[2])
+    logged = _read(tmp_path / "tensorboard").Images("samples")
+    assert [image.step for image in logged] == [0, 2, 4]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(logged[-1].encoded_image_string))), pictures[-1])
+
+
+def test_the_teachers_input_images_are_the_rgb_it_was_given():
+    from dav2_jax.teacher import TeacherTask
+
+    task = TeacherTask("vits", crop=28)
+    sample = synthetic.generate(3, 0, 28, 28)  # already the crop size: no resize
+    batch = {k: v[None] for k, v in task.prepare(sample, None).items()}
+    np.testing.assert_array_equal(task.input_images(batch)[0], sample["image"])

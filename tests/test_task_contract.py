@@ -128,13 +128,14 @@ def test_evaluation_of_normals_reports_angular_errors_in_degrees():
     config = ml_collections.ConfigDict(dict(
         task="normals_oracle", eval_every=1, seed=0,
         eval=dict(source=dict(reader="synthetic", num_samples=2, height=28, width=28, seed=7), batch_size=2,
-                  num_samples=2, min_depth=1e-3, max_depth=1000.0),
+                  num_samples=2, min_depth=1e-3, max_depth=1000.0, num_images=0),
     ))
     put = lambda batch: {k: jnp.asarray(v) for k, v in batch.items()}
-    exact = tasks.build_evaluate(config, _NormalsOracle())(None, {}, put)
+    exact, samples = tasks.build_evaluate(config, _NormalsOracle())(None, {}, put)
+    assert samples is None  # config.eval.num_images = 0: no pictures, and no input_images needed
     assert exact["eval/mean_angle"] < 0.1 and exact["eval/within_11_25"] == 100.0
     source = tasks.build_source("eval", config.eval.source)
-    mirrored = tasks.build_evaluate(config, _NormalsOracle(mirror=True))(None, {}, put)
+    mirrored, _ = tasks.build_evaluate(config, _NormalsOracle(mirror=True))(None, {}, put)
     x = [np.clip(source[i]["normals"][source[i]["valid"]][:, 0], -1, 1) for i in range(2)]
     expected = np.mean([np.mean(np.degrees(2 * np.arcsin(np.abs(xi)))) for xi in x])
     assert expected > 1 and mirrored["eval/mean_angle"] == pytest.approx(expected, rel=1e-3)

@@ -23,6 +23,20 @@ def _scalars(events):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def assert_event_files_hold_the_metrics(workdir):
+    """WORKDIR/tensorboard holds every scalar of WORKDIR/metrics.jsonl, under its name, at its step, in order."""
+    expected = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                expected.setdefault(name, []).append((record["step"], float(np.float32(value))))
+    got = _scalars(_read(workdir / "tensorboard"))
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(np.array(got[name]), np.array(expected[name]), err_msg=name)
+
+
 def _record(step):
     return {"step": step, "loss": 1.0 / step, "lr/encoder": 1e-4 * step, "skipped": step // 3,
             "sample_ids": [step, step + 1], "note": "text", "finite": True}

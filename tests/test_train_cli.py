@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_loop import toy_config
 
-from launch import tasks, train
+from launch import sample_grids, tasks, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -83,7 +83,10 @@ class _OracleTask:
     prediction_kind = "disparity"
 
     def prepare(self, sample, rng):
-        return {"depth": sample["depth"], "valid": sample["valid"]}
+        return {"image": sample["image"], "depth": sample["depth"], "valid": sample["valid"]}
+
+    def input_images(self, batch):
+        return batch["image"]
 
     def predict(self, params, frozen, batch, rng):
         disparity = jnp.where(batch["valid"], 1.0 / jnp.where(batch["valid"], batch["depth"], 1.0), 0.0)
@@ -97,9 +100,11 @@ def test_periodic_evaluation_aligns_disparity_by_least_squares_before_abs_rel_an
                   num_samples=4, min_depth=1e-3, max_depth=1000.0),
     ))
     put = lambda batch: {k: jnp.asarray(v) for k, v in batch.items()}
-    perfect = tasks.build_evaluate(config, _OracleTask())(None, {}, put)
+    perfect, samples = tasks.build_evaluate(config, _OracleTask())(None, {}, put)
     assert perfect["eval/abs_rel"] < 1e-4 and perfect["eval/delta1"] == 1.0
-    wrong = tasks.build_evaluate(config, _OracleTask(wrong=True))(None, {}, put)
+    # four samples (the default number) of 28 x 28 enlarged 5 times, three columns
+    assert samples.shape == (sample_grids.HEADER + 4 * (140 + sample_grids.GAP), 3 * 140 + 2 * sample_grids.GAP, 3)
+    wrong, _ = tasks.build_evaluate(config, _OracleTask(wrong=True))(None, {}, put)
     assert wrong["eval/abs_rel"] > 0.1 and wrong["eval/delta1"] < 0.9
     assert np.isfinite(list(wrong.values())).all()
 
