@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -197,3 +198,15 @@ def test_the_teachers_input_images_are_the_rgb_it_was_given():
     sample = synthetic.generate(3, 0, 28, 28)  # already the crop size: no resize
     batch = {k: v[None] for k, v in task.prepare(sample, None).items()}
     np.testing.assert_array_equal(task.input_images(batch)[0], sample["image"])
+
+
+def test_a_task_without_input_images_is_told_to_add_it_or_turn_the_pictures_off():
+    class NoPictures:
+        prediction_kind = "disparity"
+
+        def predict(self, params, frozen, batch, rng):
+            return batch["depth"]
+
+    config = ml_collections.ConfigDict(dict(task="no_pictures", eval_every=1, seed=0, eval=dict()))
+    with pytest.raises(ValueError, match=r"needs input_images\(batch\).*--config.eval.num_images=0"):
+        tasks.build_evaluate(config, NoPictures())
