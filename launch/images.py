@@ -2,7 +2,7 @@
 
 Images are read as a user's viewer shows them: the EXIF orientation is applied (as OpenCV's `imread` and
 diffusers' `load_image` do), 16-bit grey images are scaled to 8 bits, palette images are expanded, grey is
-replicated to RGB and alpha dropped. `--input` may be an image file, a folder (its images, recursively
+replicated to RGB and alpha dropped. `--input` may be an image or video file, a folder (its images, recursively
 with `recursive=True`), a text file listing paths (one per line, relative to the list's folder), or a glob
 pattern (`photos/*.jpg`, `photos/**/*.png`).
 """
@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 LIST_EXTENSIONS = (".txt", ".lst")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # 90° turns: width and height swap
@@ -31,6 +32,10 @@ class Input:
 
     path: str
     rel: str
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -86,7 +91,7 @@ def read_many(inputs, indices) -> tuple[list[int], list[np.ndarray], list[Unread
 
 
 def _media(names) -> list[str]:
-    return sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))
 
 
 def _folder(root: str, recursive: bool) -> list[Input]:
@@ -96,7 +101,7 @@ def _folder(root: str, recursive: bool) -> list[Input]:
         files = [os.path.join(root, f) for f in _media(os.listdir(root)) if os.path.isfile(os.path.join(root, f))]
     if not files:
         hint = "" if recursive else " (pass --recursive to include sub-folders)"
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root!r}{hint}")
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) or videos in {root!r}{hint}")
     return [Input(f, os.path.relpath(f, root)) for f in sorted(files)]
 
 
@@ -136,5 +141,5 @@ def list_inputs(spec: str, recursive: bool = False) -> list[Input]:
         return _listed(spec) if spec.lower().endswith(LIST_EXTENSIONS) else [Input(spec, os.path.basename(spec))]
     if any(c in spec for c in _GLOB_CHARS):
         return _globbed(spec)
-    raise FileNotFoundError(f"no such file or folder: {spec!r} (expected an image, a folder, a .txt list "
+    raise FileNotFoundError(f"no such file or folder: {spec!r} (expected an image, a video, a folder, a .txt list "
                             "of paths or a glob pattern)")

@@ -1,13 +1,14 @@
-"""Predict depth for images with a Depth Anything V2 or Marigold checkpoint.
+"""Predict depth for images (and videos) with a Depth Anything V2 or Marigold checkpoint.
 
     python launch/infer.py --model depth_anything_v2_vits.pth --input photos/ --output out/ [--input-size 518]
     python launch/infer.py --model marigold-depth-v1-1 --input 'photos/**/*.jpg' --output out/ --ensemble 5
 
---input: an image, a folder (--recursive for sub-folders), a .txt list of paths or a glob. Outputs
-mirror the inputs' relative paths under --output. For each image NAME.ext a Depth Anything model writes NAME.npy
-(float32 H×W: relative disparity, or metres for metric models), NAME.png (16-bit, min-max normalised) and
-NAME_color.png, plus NAME_mm.png (uint16 millimetres) for metric models; --save picks others. Unreadable files
-are reported and skipped. Compiled programs are cached in --compilation-cache across runs.
+--input: an image, a video (Depth Anything: CLIP_depth.mp4 at the input's frame rate), a folder (--recursive for
+sub-folders), a .txt list of paths or a glob. Outputs mirror the inputs' relative paths under --output. For each
+image NAME.ext a Depth Anything model writes NAME.npy (float32 H×W: relative disparity, or metres for metric
+models), NAME.png (16-bit, min-max normalised) and NAME_color.png, plus NAME_mm.png (uint16 millimetres) for
+metric models; --save picks others; --tiled-size predicts large images in tiles. Unreadable files are reported and
+skipped. Compiled programs are cached in --compilation-cache across runs.
 """
 
 import argparse
@@ -17,7 +18,7 @@ import sys
 from launch import compilation_cache, images
 
 # Flags that only one family reads: default None (or False), so that setting them for the other is an error.
-DAV2_FLAGS = {"input_size": 518, "max_depth": None}
+DAV2_FLAGS = {"input_size": 518, "max_depth": None, "tiled_size": None}
 MARIGOLD_FLAGS = {"steps": None, "ensemble": 1, "ensemble_batch": 1, "processing_resolution": None, "seed": 0,
                   "uncertainty": False}
 
@@ -26,7 +27,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="official .pth, transformers/diffusers folder, dav2_jax folder or DAv2 training run directory")
-    p.add_argument("--input", required=True, help="an image, a folder, a .txt list of paths, or a glob")
+    p.add_argument("--input", required=True, help="an image or video, a folder, a .txt list of paths, or a glob")
     p.add_argument("--output", required=True, help="output folder (created)")
     p.add_argument("--recursive", action="store_true", help="with a folder --input: include its sub-folders")
     p.add_argument("--save", default=None,
@@ -43,6 +44,9 @@ def parse_args(argv=None):
                    help="attention kernel; auto: heads_first on CPU (faster there), xla on TPU/GPU")
     p.add_argument("--input-size", type=int, default=None, help="DAv2: short side of the network input (×14)")
     p.add_argument("--max-depth", type=float, default=None, help="DAv2 metric .pth whose name lacks the range")
+    p.add_argument("--tiled-size", type=int, default=None,
+                   help="DAv2: predict at this short side (×14, above --input-size) in overlapping tiles of "
+                        "--input-size, aligned to a global pass (for images too large for one pass)")
     p.add_argument("--steps", type=int, default=None, help="Marigold: denoising steps (default: the checkpoint's)")
     p.add_argument("--ensemble", type=int, default=None, help="Marigold: predictions per image (default 1)")
     p.add_argument("--ensemble-batch", type=int, default=None,

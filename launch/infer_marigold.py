@@ -164,6 +164,10 @@ def run(args, inputs, mesh) -> tuple[int, list[str]]:
 
     import marigold_jax
 
+    videos = [item.path for item in inputs if item.is_video]
+    if videos:
+        raise SystemExit(f"video inputs ({', '.join(videos[:3])}) need a Depth Anything V2 checkpoint; Marigold "
+                         "predicts images only")
     if args.uncertainty and args.ensemble < 2:
         raise SystemExit("--uncertainty needs --ensemble 2 or more (it measures how much the members disagree)")
     pipeline = marigold_jax.load(args.model, dtype=jnp.dtype(args.dtype), attention_impl=args.attention)

@@ -76,6 +76,8 @@ def test_flags_of_the_other_family_and_unknown_outputs_are_errors(checkpoint, tm
         _run("--model", checkpoint[1], "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--save", "npy,mm")
     with pytest.raises(SystemExit, match="overwrite the input"):
         _run("--model", checkpoint[1], "--input", str(tmp_path), "--output", str(tmp_path))
+    with pytest.raises(SystemExit, match="--tiled-size must be a multiple of 14 above --input-size 140"):
+        _run("--model", checkpoint[1], "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--tiled-size", "150")
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
 
 
