@@ -38,14 +38,14 @@ def get_config():
     c.mesh.fsdp = -1  # parameter-sharding axis size
     c.mesh.tensor = 1  # tensor-parallel axis size (heads, MLP hidden units)
 
-    c.model = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(type_safe=False)  # remat: a policy name here, a bool in derived configs
     c.model.encoder = "vitg"  # "vits" | "vitb" | "vitl" | "vitg"
     c.model.crop = 518  # training crop side (multiple of 14)
     c.model.gm_weight = 2.0  # L = L_ssi + gm_weight * L_gm (paper 1 : 2)
     c.model.trim = 0.0  # share of largest per-pixel losses ignored (0 for precise synthetic labels)
     c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     c.model.attention_impl = "xla"  # "xla" (fused kernels on TPU) | "heads_first" (faster on CPU)
-    c.model.remat = True  # rematerialise each transformer block in the backward pass
+    c.model.remat = "full"  # what each block keeps for the backward pass: "none" | "dots" | "full" (dav2_jax.vit)
     c.model.dinov2_init = ""  # DINOv2 checkpoint for the encoder (.pth / HF folder); "" = random
     c.model.init_from = ""  # or a Depth Anything V2 checkpoint for every weight (fine-tuning); "" = none
 

@@ -20,8 +20,9 @@ class DepthAnythingV2(nn.Module):
     encoder: "vits" | "vitb" | "vitl" | "vitg". max_depth: None for the relative model (output = affine-invariant
     inverse depth, ReLU), or the metric range in metres (output = depth = sigmoid · max_depth; 20 indoor, 80
     outdoor). dtype: compute dtype (parameters stay float32). attention_impl: "auto" (default: "heads_first" on
-    the CPU backend, where it is faster, "xla" elsewhere), "xla" or "heads_first". remat: rematerialise each transformer block in the backward
-    pass.
+    the CPU backend, where it is faster, "xla" elsewhere), "xla" or "heads_first". remat: what each transformer
+    block keeps for the backward pass: False / "none" (everything), "dots" (its matrix products; the rest is
+    recomputed) or True / "full" (only its input).
 
     Call with images [B, H, W, 3] float32, ImageNet-normalised, H and W multiples of 14; returns [B, H, W] float32.
     """
@@ -30,7 +31,7 @@ class DepthAnythingV2(nn.Module):
     max_depth: float | None = None
     dtype: jnp.dtype = jnp.float32
     attention_impl: str = "auto"
-    remat: bool = False
+    remat: bool | str = False
 
     def setup(self):
         if self.encoder not in ENCODERS:

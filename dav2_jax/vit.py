@@ -215,6 +215,24 @@ def interpolate_pos_embed(pos_embed, gh: int, gw: int):
     return jnp.concatenate([pos_embed[:, :1], grid], axis=1)
 
 
+REMAT_POLICIES = {
+    "none": None,  # keep every activation of every block for the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep the qkv, projection and MLP products
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each block's input, recompute the rest
+}
+
+
+def remat_policy(remat):
+    """The checkpoint policy of `remat`: False / "none" (no remat), "dots" or True / "full" (see REMAT_POLICIES).
+
+    Returns (rematerialise?, policy).
+    """
+    name = {False: "none", True: "full"}.get(remat, remat) if isinstance(remat, bool) else remat
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat must be a bool or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    return name != "none", REMAT_POLICIES[name]
+
+
 class DinoVisionTransformer(nn.Module):
     """DINOv2 ViT with patch 14, no register tokens.
 
@@ -225,7 +243,7 @@ class DinoVisionTransformer(nn.Module):
     encoder: str = "vits"
     dtype: jnp.dtype = jnp.float32
     attention_impl: str = "auto"
-    remat: bool = False
+    remat: bool | str = False  # see `remat_policy`
 
     @nn.compact
     def __call__(self, images, taps=None):
@@ -254,7 +272,8 @@ class DinoVisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)).astype(x.dtype), x], axis=1)
         x = x + interpolate_pos_embed(pos, gh, gw).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        block = nn.remat(Block) if self.remat else Block
+        rematerialise, policy = remat_policy(self.remat)
+        block = nn.remat(Block, policy=policy) if rematerialise else Block
         norm = _layer_norm("norm", self.dtype)
         outputs = []
         for i in range(max(taps) + 1):
