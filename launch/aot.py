@@ -178,7 +178,7 @@ def plan(config, topology, num_slices=1, mode="train", sample_override=""):
                + mem.temp_size_in_bytes)
     hbm = max(counted, getattr(mem, "peak_memory_in_bytes", 0)) / GIB
     report.update(activations_gib=mem.temp_size_in_bytes / GIB, hbm_gib=hbm, fits=hbm <= chip["budget_gib"])
-    report.update(step_time(compiled, chip))
+    report.update(step_time(compiled, chip, model_step / len(devices)))
     step = report["step_seconds"]
     if step:
         report["mfu"] = model_step / (len(devices) * chip["peak_tflops"] * 1e12 * step)
@@ -190,12 +190,13 @@ def plan(config, topology, num_slices=1, mode="train", sample_override=""):
     return report
 
 
-def step_time(compiled, chip):
+def step_time(compiled, chip, model_flops_per_device):
     """The cost model's step time (`optimal_seconds`) of the compiled program, and where it came from.
 
     The cost model reads a loop body once, so a program with a `while` loop gets no step time. When the cost model
     declines (a negative value), the step time is the roofline bound max(FLOPs / peak, HBM bytes / bandwidth) of
-    XLA's own per-device counts (recomputation included), labelled "roofline".
+    the per-device counts, labelled "roofline"; the FLOPs are the larger of XLA's count (recomputation included)
+    and the model FLOPs (XLA's count can be the smaller: it skips some convolutions), so MFU never exceeds 1.
     """
     if re.search(r"\bwhile\(", compiled.as_text()):
         return dict(step_seconds=None, step_source="none: the program loops (scan), the cost model counts it once")
@@ -206,8 +207,8 @@ def step_time(compiled, chip):
     seconds = cost.get("optimal_seconds", -1.0)
     if seconds > 0:
         return dict(step_seconds=seconds, step_source="cost model", **xla)
-    roof = max(cost.get("flops", 0.0) / (chip["peak_tflops"] * 1e12), cost.get("bytes accessed", 0.0) / (
-        chip["hbm_gbps"] * 1e9))
+    flops = max(cost.get("flops", 0.0), model_flops_per_device)
+    roof = max(flops / (chip["peak_tflops"] * 1e12), cost.get("bytes accessed", 0.0) / (chip["hbm_gbps"] * 1e9))
     return dict(step_seconds=roof, step_source=f"roofline (cost model declined: {seconds:.3g})", **xla)
 
 

@@ -46,8 +46,11 @@ def _conv_flops(eqn):
     dn = eqn.params["dimension_numbers"]
     kernel_in = rhs[dn.rhs_spec[1]]
     window = math.prod(rhs[i] for i in dn.rhs_spec[2:])
-    # out elements × (input channels per group × window) MACs; input channels of the kernel are per group already
-    return 2.0 * math.prod(out) * kernel_in * window
+    # out elements × (input channels per group × window) MACs; input channels of the kernel are per group already.
+    # A transposed convolution is a convolution of the input dilated with zeros (lhs_dilation): only one window
+    # position in prod(lhs_dilation) meets a real input, the products with the inserted zeros are not model FLOPs.
+    dilation = math.prod(eqn.params.get("lhs_dilation") or (1,))
+    return 2.0 * math.prod(out) * kernel_in * window / dilation
 
 
 def _sub_jaxprs(eqn):

@@ -58,6 +58,16 @@ def test_convolutions_count_per_group_and_scans_per_trip():
     assert flops.frozen == 0
 
 
+def test_transposed_convolutions_count_only_products_with_real_inputs():
+    n, hw, c_in, c_out, k = 2, 5, 3, 4, 4
+
+    def f(kernel, x):  # DPT's 4x upsampling: kernel 4, stride 4, every output pixel meets exactly one input pixel
+        return jax.lax.conv_transpose(x, kernel, (k, k), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    flops = model_flops.count(f, (True, False), _spec(k, k, c_in, c_out), _spec(n, hw, hw, c_in))
+    assert flops.trained == 2 * n * (hw * k) ** 2 * c_in * c_out
+
+
 def test_vit_s_encoder_matches_the_closed_form_count():
     """DINOv2 ViT-S at 518²: patch embedding + 12 × (qkv, 4·N²·C attention, projection, 4C MLP), batch 2."""
     b, side, c, depth = 2, 518, 384, 12
