@@ -159,3 +159,21 @@ def feature_alignment_loss(student, teacher, margin=0.85):
     included = jax.lax.stop_gradient(cosine) <= margin
     n = included.sum()
     return jnp.where(n > 0, 1.0 - jnp.where(included, cosine, 0.0).sum() / jnp.maximum(n, 1), 0.0)
+
+
+def silog_loss(pred, target, mask, lambd=0.5):
+    """Scale-invariant log loss of the released metric fine-tuning code (`metric_depth/util/loss.py`).
+
+    g = log d* − log d over every valid pixel of the batch (pooled, not per image);
+    L = sqrt(mean(g²) − λ·mean(g)²)
+    with λ = 0.5 and no ×10 factor (unlike ZoeDepth / AdaBins). pred, target: [B, H, W] metres (> 0 where valid);
+    mask: [B, H, W] bool. Invalid pixels are read as 1 before the log, so they reach neither value nor gradient.
+    Returns a float32 scalar (0 for an empty mask).
+    """
+    mask = mask & (target > 0) & (pred > 0)
+    g = jnp.where(mask, jnp.log(jnp.where(mask, target, 1.0)) - jnp.log(jnp.where(mask, pred, 1.0)), 0.0)
+    n = jnp.maximum(mask.sum(), 1)
+    mean_sq = (g**2).sum() / n
+    mean = g.sum() / n
+    # clamp the radicand: sqrt's gradient at 0 is infinite (a perfect prediction)
+    return jnp.sqrt(jnp.maximum(mean_sq - lambd * mean**2, 1e-12)).astype(jnp.float32)

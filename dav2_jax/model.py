@@ -44,8 +44,15 @@ class DepthAnythingV2(nn.Module):
         """The tapped, normed encoder maps: a list of [B, H/14, W/14, C] (default taps: the DPT's four)."""
         return self.pretrained(images, taps)
 
+    def depth_and_features(self, images):
+        """(depth [B, H, W] float32, the DPT's tapped encoder maps) from one pass; the last map is DINOv2's output."""
+        features = self.pretrained(images)
+        return self._activate(self.depth_head(features).astype(jnp.float32)), features
+
     def __call__(self, images):
-        out = self.depth_head(self.pretrained(images)).astype(jnp.float32)
+        return self._activate(self.depth_head(self.pretrained(images)).astype(jnp.float32))
+
+    def _activate(self, out):
         if self.max_depth is None:
             return nn.relu(out)  # output_conv2 ends in ReLU; the second one in the official forward() is idempotent
         return nn.sigmoid(out) * self.max_depth

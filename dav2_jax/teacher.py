@@ -23,19 +23,21 @@ def _nearest_index(in_size, out_size):
     return np.minimum(np.floor(np.arange(out_size) * (in_size / out_size)).astype(np.int64), in_size - 1)
 
 
-def random_crop(sample, crop, rng):
+def random_crop(sample, crop, rng, target="depth"):
     """Resize so the short side is ≥ `crop` (official "lower_bound" rule), crop `crop` × `crop`, maybe flip.
 
-    sample: {"image": uint8 [H, W, 3] RGB, "depth": float32 [H, W] metres, "valid": bool [H, W]}.
-    The image is resized bicubically (OpenCV `INTER_CUBIC` semantics), depth and mask by nearest neighbour, so no
-    depth is invented across edges. rng: np.random.Generator for the crop offset and the flip; None gives the
-    centre crop without flip (evaluation).
-    Returns {"image": float32 [crop, crop, 3] ImageNet-normalised, "depth": float32 [crop, crop] (0 where
+    sample: {"image": uint8 [H, W, 3] RGB, "depth": float32 [H, W] metres, "valid": bool [H, W]}, or with
+    target="disparity" {"image", "disparity": float32 [H, W] (a pseudo label; 0 = infinitely far is a valid value)}.
+    The image is resized bicubically (OpenCV `INTER_CUBIC` semantics), the target map and mask by nearest
+    neighbour, so no depth is invented across edges. rng: np.random.Generator for the crop offset and the flip;
+    None gives the centre crop without flip (evaluation).
+    Returns {"image": float32 [crop, crop, 3] ImageNet-normalised, target: float32 [crop, crop] (0 where
     invalid), "valid": bool [crop, crop]}.
     """
     if crop % PATCH:
         raise ValueError(f"the crop size must be a multiple of {PATCH}, got {crop}")
-    image, depth, valid = sample["image"], sample["depth"], sample["valid"]
+    image, depth = sample["image"], sample[target]
+    valid = sample["valid"] if target == "depth" else np.isfinite(depth)
     h, w = image.shape[:2]
     nh, nw = network_size(h, w, crop)
     x = image / 255.0
@@ -51,10 +53,10 @@ def random_crop(sample, crop, rng):
     x, depth, valid = x[window], depth[window], valid[window]
     if flip:
         x, depth, valid = x[:, ::-1], depth[:, ::-1], valid[:, ::-1]
-    valid = valid & np.isfinite(depth) & (depth > 0)
+    valid = valid & np.isfinite(depth) & ((depth > 0) if target == "depth" else (depth >= 0))
     return {
         "image": ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32),
-        "depth": np.where(valid, depth, 0.0).astype(np.float32),
+        target: np.where(valid, depth, 0.0).astype(np.float32),
         "valid": np.ascontiguousarray(valid),
     }
 

@@ -7,7 +7,8 @@
     python launch/convert.py --input marigold-depth-v1-1 --output marigold_copy --to diffusers
 
 Depth Anything V2 reads official .pth, transformers folders, dav2_jax folders and training run directories
-(the newest checkpoint, or --step N; its EMA weights when the run kept them) and writes any of official/hf/jax. Marigold reads and writes diffusers folders.
+(the newest checkpoint, or --step N; its EMA weights when the run kept them) and writes any of official/hf/jax.
+Marigold reads and writes diffusers folders.
 """
 
 import argparse

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from dav2_jax.metric import MetricTask
+from dav2_jax.student import StudentTask
 from dav2_jax.teacher import TeacherTask
 from launch import sample_grids
 from launch.data import pipeline, sources
@@ -22,7 +24,15 @@ def _dav2_teacher(config):
     return TeacherTask(**config.model)
 
 
-TASKS = {"dav2_teacher": _dav2_teacher}
+def _dav2_student(config):
+    return StudentTask(**config.model)
+
+
+def _dav2_metric(config):
+    return MetricTask(**config.model)
+
+
+TASKS = {"dav2_teacher": _dav2_teacher, "dav2_student": _dav2_student, "dav2_metric": _dav2_metric}
 
 READERS = {
     "synthetic": sources.SyntheticScenes,

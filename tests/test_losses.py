@@ -176,3 +176,20 @@ def test_feature_alignment_grad_reaches_student_only():
     g_student, g_teacher = jax.jit(jax.grad(losses.feature_alignment_loss, argnums=(0, 1)))(student, teacher)
     assert np.isfinite(np.asarray(g_student)).all() and float(jnp.abs(g_student).max()) > 0.0
     assert float(jnp.abs(g_teacher).max()) == 0.0
+
+
+def test_silog_matches_the_released_formula_pooled_over_the_batch():
+    rng = np.random.default_rng(11)
+    pred = rng.uniform(0.5, 20.0, (2, 6, 5)).astype(np.float32)
+    target = rng.uniform(0.5, 20.0, (2, 6, 5)).astype(np.float32)
+    mask = rng.uniform(size=(2, 6, 5)) > 0.3
+    g = np.log(target[mask].astype(np.float64)) - np.log(pred[mask].astype(np.float64))
+    want = np.sqrt(np.mean(g**2) - 0.5 * np.mean(g) ** 2)
+    got = losses.silog_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+    assert float(got) == pytest.approx(want, rel=8 * np.finfo(np.float32).eps * np.sqrt(mask.sum()))
+    # scaling every prediction by s shifts g by -log s: with λ = 0.5 the loss is not scale-invariant
+    scaled = losses.silog_loss(jnp.asarray(2.0 * pred), jnp.asarray(target), jnp.asarray(mask))
+    want_scaled = np.sqrt(np.mean((g - np.log(2)) ** 2) - 0.5 * np.mean(g - np.log(2)) ** 2)
+    assert float(scaled) == pytest.approx(want_scaled, rel=8 * np.finfo(np.float32).eps * np.sqrt(mask.sum()))
+    grad = jax.grad(lambda p: losses.silog_loss(p, jnp.asarray(target), jnp.asarray(mask)))(jnp.asarray(pred))
+    assert np.all(np.asarray(grad)[~mask] == 0.0) and np.isfinite(np.asarray(grad)).all()

@@ -57,7 +57,7 @@ class Labeller:
         return preprocess(image, self.input_size)
 
     def __call__(self, inputs, sizes):
-        """Network inputs (a list of [h, w, 3], any mix of sizes) → float32 disparity [H, W] at each `sizes` (H, W)."""
+        """Network inputs (a list of [h, w, 3], any mix of sizes) → float32 disparity at each of `sizes` (H, W)."""
         out = [None] * len(inputs)
         groups = {}
         for i, x in enumerate(inputs):

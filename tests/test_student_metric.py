@@ -1,0 +1,112 @@
+"""The student (`dav2_student`) and metric (`dav2_metric`) tasks on the real ViT-S: losses, frozen and warm weights.
+
+Small sizes (28 x 28 crops, batch 2) keep these cheap; the mesh equivalence and exact resume on the same tasks
+are in tests/test_student_metric_mesh.py (marked slow).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.linen import unbox
+from jax.sharding import NamedSharding, PartitionSpec
+
+import dav2_jax
+from dav2_jax.losses import depth_loss, feature_alignment_loss, silog_loss
+from dav2_jax.metric import MetricTask
+from dav2_jax.student import StudentTask
+
+jax.config.update("jax_default_matmul_precision", "highest")
+CROP = 28
+F32 = np.finfo(np.float32).eps
+
+
+@pytest.fixture(scope="module")
+def relative_run(tmp_path_factory):
+    """A random-weight relative ViT-S saved as a dav2_jax folder: the feature model and encoder source."""
+    model = dav2_jax.DepthAnythingV2("vits")
+    params = jax.device_get(unbox(jax.jit(model.init)(jax.random.key(7), jnp.zeros((1, CROP, CROP, 3)))))
+    path = str(tmp_path_factory.mktemp("relative") / "vits")
+    dav2_jax.save(model, params, path, format="jax")
+    return path, params["params"]
+
+
+def _batch(seed, key="disparity"):
+    rng = np.random.default_rng(seed)
+    batch = {"image": rng.normal(size=(2, CROP, CROP, 3)).astype(np.float32),
+             key: rng.uniform(0.05, 30.0, (2, CROP, CROP)).astype(np.float32),
+             "valid": rng.uniform(size=(2, CROP, CROP)) > 0.1}
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def _one_device():
+    return NamedSharding(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), PartitionSpec())
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_one_device()), unbox(tree))
+
+
+def _student(relative_run, **kwargs):
+    task = StudentTask("vits", crop=CROP, feature_teacher=relative_run[0], **kwargs)
+    batch = _batch(0)
+    params, frozen = jax.eval_shape(task.init, jax.random.key(0), batch)
+    frozen = task.load_frozen(_abstract(frozen))
+    return task, params, frozen, batch
+
+
+def test_student_frozen_encoder_is_read_into_the_requested_layout(relative_run):
+    _, _, frozen, _ = _student(relative_run)
+    want = relative_run[1]["pretrained"]
+    for got, expected in zip(jax.tree.leaves(frozen["dinov2"]), jax.tree.leaves(want), strict=True):
+        assert got.sharding.is_equivalent_to(_one_device(), got.ndim)
+        np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_student_loss_is_trimmed_depth_loss_plus_weighted_feature_alignment(relative_run):
+    task, _, frozen, batch = _student(relative_run, feature_weight=0.5, encoder_from=relative_run[0])
+    params = unbox(jax.jit(task.model.init)(jax.random.key(3), batch["image"]))["params"]
+    loss = jax.jit(task.loss)
+    # same encoder as the frozen model: every token has cosine 1 > 0.85, so the alignment term is exactly 0
+    same = task.warm_start(params)
+    value, metrics = loss(same, frozen, batch, jax.random.key(0))
+    pred = task.model.apply({"params": same}, batch["image"])
+    want, _ = depth_loss(pred, batch["disparity"], batch["valid"], gm_weight=2.0, trim=0.1)
+    assert float(metrics["feature"]) == 0.0
+    assert float(value) == pytest.approx(float(want), rel=64 * F32)
+    # a random encoder: 1 - mean cosine over the last block's tokens below the margin, weighted 0.5
+    value, metrics = loss(params, frozen, batch, jax.random.key(0))
+    student = task.model.apply({"params": params}, batch["image"], method="encoder_features")[-1]
+    reference = task.model.apply({"params": same}, batch["image"], method="encoder_features")[-1]
+    feature = feature_alignment_loss(student, reference, 0.85)
+    depth, _ = depth_loss(task.model.apply({"params": params}, batch["image"]), batch["disparity"], batch["valid"],
+                          trim=0.1)
+    assert 0.0 < float(metrics["feature"]) == pytest.approx(float(feature), rel=64 * F32)
+    assert float(value) == pytest.approx(float(depth) + 0.5 * float(feature), rel=64 * F32)
+
+
+def test_student_without_a_feature_model_is_refused():
+    with pytest.raises(ValueError, match="feature_weight=0"):
+        StudentTask("vits", crop=CROP)
+    task = StudentTask("vits", crop=CROP, feature_weight=0.0)
+    assert jax.eval_shape(task.init, jax.random.key(0), _batch(0))[1] == {}
+
+
+def test_metric_loss_is_silog_on_depths_within_range_and_head_is_bounded(relative_run):
+    task = MetricTask("vits", max_depth=20.0, min_depth=0.5, crop=CROP, encoder_from=relative_run[0])
+    batch = _batch(1, "depth")
+    fresh = unbox(jax.jit(task.model.init)(jax.random.key(4), batch["image"]))["params"]
+    params = task.warm_start(fresh)
+    for got, want in zip(jax.tree.leaves(params["pretrained"]), jax.tree.leaves(relative_run[1]["pretrained"])):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    for got, want in zip(jax.tree.leaves(params["depth_head"]), jax.tree.leaves(fresh["depth_head"])):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # the head stays fresh
+    value, metrics = jax.jit(task.loss)(params, {}, batch, jax.random.key(0))
+    pred = task.predict(params, {}, batch)
+    assert float(pred.min()) > 0.0 and float(pred.max()) < 20.0
+    depth = batch["depth"]
+    in_range = batch["valid"] & (depth >= 0.5) & (depth <= 20.0)
+    assert 0 < int(in_range.sum()) < int(batch["valid"].sum())  # the range test removes some pixels
+    want = silog_loss(pred, depth, in_range, 0.5)
+    assert float(value) == pytest.approx(float(want), rel=64 * F32)
+    assert task.prediction_kind == "metric" and task.model.max_depth == 20.0
