@@ -32,9 +32,8 @@ def get_config():
 
     c.data.sources = {"rooms": dict(reader="synthetic", weight=1.0, num_samples=2_400, height=70, width=98,
                                     seed=3, kind="indoor")}
-    c.data.worker_count = 0
-    c.data.read_threads = 1
-    c.data.read_buffer = 16
+    for field in ("worker_count", "read_threads", "read_buffer"):
+        c.data[field] = teacher.data[field]
 
     c.eval = teacher.eval
     c.eval.source = dict(reader="synthetic", num_samples=64, height=70, width=70, seed=1_000_003, kind="indoor")

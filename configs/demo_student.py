@@ -35,8 +35,7 @@ def get_config():
     c.schedule.warmup_steps = 30
 
     c.data.sources = {"pseudo": dict(reader="pseudo_labeled", root="runs/demo_pseudo", weight=1.0)}
-    c.data.worker_count = 0
-    c.data.read_threads = 1
-    c.data.read_buffer = 16
+    for field in ("worker_count", "read_threads", "read_buffer"):
+        c.data[field] = teacher.data[field]
     c.eval = teacher.eval
     return c

@@ -30,20 +30,26 @@ PSEUDO_LABELED_SETS = {
 }
 
 
-def get_config():
+# Per size: (sharding, remat). S and B fit replicated; L and G (plus an equal frozen feature model: 0.7 B and 2.4 B
+# parameters in all) are sharded with FSDP and rematerialise every block. bfloat16 compute for all.
+SIZES = {"vits": ("dp", False), "vitb": ("dp", False), "vitl": ("fsdp", True), "vitg": ("fsdp", True)}
+
+
+def get_config(encoder="vitg"):
     c = runpy.run_path(str(Path(__file__).with_name("teacher_g.py")))["get_config"]()
     c.task = "dav2_student"
     c.total_steps = 480_000
     c.batch_size = 192
 
-    c.sharding = "fsdp"  # ViT-G student + frozen ViT-G feature model: 2.4 B parameters, sharded
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
+    c.sharding, remat = SIZES[encoder]
+    c.mesh.data = -1 if c.sharding == "dp" else 1
+    c.mesh.fsdp = 1 if c.sharding == "dp" else -1
     c.mesh.tensor = 1
 
+    c.model.encoder = encoder
     c.model.trim = 0.1  # pseudo labels are noisy: ignore each image's 10 % largest per-pixel losses
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = remat
     c.model.encoder_from = ""  # or the encoder of a Depth Anything V2 checkpoint / run instead of DINOv2
     c.model.feature_weight = 1.0  # L = L_depth + feature_weight * L_feat (not in the paper; 0 turns it off)
     c.model.feature_margin = 0.85  # tokens whose cosine to DINOv2 is above this are left out (V1)

@@ -9,11 +9,4 @@ from pathlib import Path
 
 
 def get_config():
-    c = runpy.run_path(str(Path(__file__).with_name("student_g.py")))["get_config"]()
-    c.model.encoder = "vits"
-    c.model.dtype = "bfloat16"
-    c.model.remat = False
-    c.sharding = "dp"
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    return c
+    return runpy.run_path(str(Path(__file__).with_name("student_g.py")))["get_config"](encoder="vits")

@@ -18,7 +18,7 @@ from dav2_jax.student import StudentTask
 
 jax.config.update("jax_default_matmul_precision", "highest")
 CROP = 28
-F32 = np.finfo(np.float32).eps
+F32 = float(np.finfo(np.float32).eps)
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +66,26 @@ def test_student_frozen_encoder_is_read_into_the_requested_layout(relative_run):
 def test_student_loss_is_trimmed_depth_loss_plus_weighted_feature_alignment(relative_run):
     task, _, frozen, batch = _student(relative_run, feature_weight=0.5, encoder_from=relative_run[0])
     params = unbox(jax.jit(task.model.init)(jax.random.key(3), batch["image"]))["params"]
+    same = task.warm_start(params)  # the frozen model's encoder
+
+    @jax.jit
+    def reference(params):
+        """The depth loss on the pseudo labels and the alignment of the last block's tokens, term by term."""
+        pred = task.model.apply({"params": params}, batch["image"])
+        depth, _ = depth_loss(pred, batch["disparity"], batch["valid"], gm_weight=2.0, trim=0.1)
+        student = task.model.apply({"params": params}, batch["image"], method="encoder_features")[-1]
+        frozen_tokens = task.model.apply({"params": same}, batch["image"], method="encoder_features")[-1]
+        return depth, feature_alignment_loss(student, frozen_tokens, 0.85)
+
     loss = jax.jit(task.loss)
     # same encoder as the frozen model: every token has cosine 1 > 0.85, so the alignment term is exactly 0
-    same = task.warm_start(params)
     value, metrics = loss(same, frozen, batch, jax.random.key(0))
-    pred = task.model.apply({"params": same}, batch["image"])
-    want, _ = depth_loss(pred, batch["disparity"], batch["valid"], gm_weight=2.0, trim=0.1)
+    depth, _ = reference(same)
     assert float(metrics["feature"]) == 0.0
-    assert float(value) == pytest.approx(float(want), rel=64 * F32)
-    # a random encoder: 1 - mean cosine over the last block's tokens below the margin, weighted 0.5
+    assert float(value) == pytest.approx(float(depth), rel=64 * F32)
+    # a random encoder: 1 - mean cosine over the tokens below the margin, weighted 0.5
     value, metrics = loss(params, frozen, batch, jax.random.key(0))
-    student = task.model.apply({"params": params}, batch["image"], method="encoder_features")[-1]
-    reference = task.model.apply({"params": same}, batch["image"], method="encoder_features")[-1]
-    feature = feature_alignment_loss(student, reference, 0.85)
-    depth, _ = depth_loss(task.model.apply({"params": params}, batch["image"]), batch["disparity"], batch["valid"],
-                          trim=0.1)
+    depth, feature = reference(params)
     assert 0.0 < float(metrics["feature"]) == pytest.approx(float(feature), rel=64 * F32)
     assert float(value) == pytest.approx(float(depth) + 0.5 * float(feature), rel=64 * F32)
 
