@@ -115,3 +115,58 @@ def test_metric_loss_is_silog_on_depths_within_range_and_head_is_bounded(relativ
     want = silog_loss(pred, depth, in_range, 0.5)
     assert float(value) == pytest.approx(float(want), rel=64 * F32)
     assert task.prediction_kind == "metric" and task.model.max_depth == 20.0
+
+
+def _config(name, **overrides):
+    import runpy
+    from pathlib import Path
+
+    config = runpy.run_path(str(Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"))["get_config"]()
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+@pytest.mark.parametrize("size", ["s", "b", "l", "g"])
+def test_student_configs_are_the_papers_recipe_and_build_their_task(size):
+    from launch import tasks, train
+
+    config = _config(f"student_{size}", **{"model.dinov2_init": "dinov2.pth"})
+    train.check_config(config)
+    task = tasks.build_task(config)
+    assert isinstance(task, StudentTask) and task.model.encoder == "vit" + size
+    assert (config.batch_size, config.total_steps, task.crop, task.trim) == (192, 480_000, 518, 0.1)
+    assert dict(config.optimizer.lr) == {"encoder": 5e-6, "decoder": 5e-5}
+    weights = {name: entry.weight for name, entry in config.data.sources.items()}
+    assert {entry.reader for entry in config.data.sources.values()} == {"pseudo_labeled"}
+    assert weights == {"bdd100k": 8.2e6, "google_landmarks": 4.1e6, "imagenet21k": 13.1e6, "lsun": 9.8e6,
+                       "objects365": 1.7e6, "open_images_v7": 7.8e6, "places365": 6.5e6, "sa1b": 11.1e6}
+    assert task.feature_teacher == "dinov2.pth" and task.feature_margin == 0.85
+    if size == "g":
+        assert (config.sharding, config.model.dtype, config.model.remat) == ("fsdp", "bfloat16", True)
+
+
+@pytest.mark.parametrize("name, encoder, max_depth", [
+    ("metric_hypersim_s", "vits", 20.0), ("metric_hypersim_b", "vitb", 20.0), ("metric_hypersim_l", "vitl", 20.0),
+    ("metric_vkitti_s", "vits", 80.0), ("metric_vkitti_b", "vitb", 80.0), ("metric_vkitti_l", "vitl", 80.0),
+])
+def test_metric_configs_are_the_released_recipe_and_build_their_task(name, encoder, max_depth):
+    from launch import tasks, train
+
+    config = _config(name)
+    train.check_config(config)
+    task = tasks.build_task(config)
+    assert isinstance(task, MetricTask)
+    assert (task.model.encoder, task.model.max_depth, task.min_depth, task.silog_lambda) == (encoder, max_depth,
+                                                                                              1e-3, 0.5)
+    assert config.batch_size == 32 and dict(config.optimizer.lr) == {"encoder": 5e-6, "decoder": 5e-5}
+    assert (config.optimizer.name, config.optimizer.weight_decay, config.schedule.kind, config.schedule.power,
+            config.schedule.warmup_steps) == ("adamw", 0.01, "poly", 0.9, 0)
+    if max_depth == 80.0:
+        assert config.total_steps == 120 * 19_559 // 32
+
+
+def test_demo_configs_read_the_demo_runs():
+    student, metric = _config("demo_student"), _config("demo_metric")
+    assert student.data.sources.to_dict() == {"pseudo": {"reader": "pseudo_labeled", "root": "runs/demo_pseudo",
+                                                     "weight": 1.0}}
+    assert student.model.feature_teacher == "runs/demo" and metric.model.encoder_from == "runs/demo"
