@@ -1,8 +1,14 @@
 """Orbax checkpoints of a training run: train state, Grain iterator state and config JSON, saved together.
 
-Layout: `WORKDIR/checkpoints/STEP/{state, data, config}`. `state` is an Orbax PyTree (restored straight into the
-target shardings, so no host ever holds a full copy); `data` holds one JSON file per process with that process's
-Grain iterator state; `config` is the run's `ConfigDict` as JSON, for people and for the resume check.
+Layout: `WORKDIR/checkpoints/STEP/{state, data, config, layout}`. `state` is an Orbax PyTree (restored straight
+into the target shardings, so no host ever holds a full copy); `data` holds one JSON file per process with that
+process's Grain iterator state; `config` is the run's `ConfigDict` as JSON, for people and for the resume check;
+`layout` is `{"version": N, "state_fields": [...]}`, the version of the train state's structure:
+- 1: the train state before it held EMA target networks (step, params, opt_state, ema, skipped); checkpoints of
+  that time have no `layout` item. They resume when the task declares no target networks (`targets` is {}), and
+  fail with a message saying why otherwise;
+- 2: `targets` added (the EMA target networks of `task.ema_targets()`).
+A checkpoint of a version newer than this code's is refused with a message.
 """
 
 import json
@@ -14,6 +20,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 log = logging.getLogger(__name__)
+
+LAYOUT_VERSION = 2
+_V1_FIELDS = ("step", "params", "opt_state", "ema", "skipped")
 
 
 def run_directory(path):
@@ -53,21 +62,48 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
             config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+            layout=ocp.args.JsonSave({"version": LAYOUT_VERSION, "state_fields": _fields(state)}),
         )
         return self.manager.save(step, args=args, force=force)
+
+    def layout_version(self, step):
+        """The layout version of checkpoint `step` (1 for checkpoints written before layouts were versioned)."""
+        if not (self.directory / str(step) / "layout").exists():
+            return 1
+        return int(self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore()))["layout"]
+                   ["version"])
 
     def restore(self, step, abstract_state, data_iterator, config):
         """Restore `step` into `abstract_state`'s shapes and shardings; `data_iterator` is repositioned in place.
 
         abstract_state: a pytree of `jax.ShapeDtypeStruct` carrying the target `sharding`.
         """
+        version = self.layout_version(step)
+        if version > LAYOUT_VERSION:
+            raise ValueError(
+                f"checkpoint {self.directory / str(step)} has layout version {version}, newer than this code's "
+                f"{LAYOUT_VERSION}: update the code to the version that wrote it"
+            )
+        target = abstract_state
+        if version == 1:
+            if abstract_state.targets:
+                raise ValueError(
+                    f"checkpoint {self.directory / str(step)} was written before train states held EMA target "
+                    f"networks (layout version 1), but the task declares targets {sorted(abstract_state.targets)}; "
+                    "they cannot be recovered from it: start a new run in another workdir (e.g. warm-started from "
+                    "this one's weights)"
+                )
+            target = {name: getattr(abstract_state, name) for name in _V1_FIELDS}
         args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            state=ocp.args.StandardRestore(target),
             data=grain.checkpoint.CheckpointRestore(data_iterator),
             config=ocp.args.JsonRestore(),
         )
         restored = self.manager.restore(step, args=args)
         _warn_on_config_change(restored["config"], json.loads(config.to_json_best_effort()), step)
+        if version == 1:
+            log.info("checkpoint %d has layout version 1 (no EMA target networks); resuming with none", step)
+            return abstract_state.replace(**restored["state"], targets={})
         return restored["state"]
 
     def wait(self):
@@ -76,6 +112,10 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+def _fields(state):
+    return sorted(f for f in getattr(state, "__dataclass_fields__", {}))
 
 
 def _flatten(tree, prefix=""):

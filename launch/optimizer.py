@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -10,8 +11,13 @@ def schedule(sched, total_steps):
 
     sched.kind: "constant" | "poly" ((1 - t/T)^power) | "cosine" (down to `end_factor`) | "exponential"
     (`decay_rate` per `decay_steps`); t counts from the end of warm-up, T = total_steps - warmup_steps.
+    "iter_exponential" is Marigold's released schedule instead: n / warmup_steps for step n < warmup_steps (so the
+    first update has lr 0), then final_ratio ** ((n - warmup_steps) / (decay_end - warmup_steps)) until
+    `decay_end` (0: total_steps) and final_ratio after it.
     """
     warmup = int(sched.warmup_steps)
+    if sched.kind == "iter_exponential":
+        return _iter_exponential(warmup, int(sched.get("decay_end", 0)) or total_steps, float(sched.final_ratio))
     decay_steps = max(total_steps - warmup, 1)
     kinds = {
         "constant": lambda t: jnp.ones_like(t),
@@ -21,13 +27,32 @@ def schedule(sched, total_steps):
         "exponential": lambda t: sched.decay_rate ** (t / sched.decay_steps),
     }
     if sched.kind not in kinds:
-        raise ValueError(f"config.schedule.kind must be one of {sorted(kinds)}, got {sched.kind!r}")
+        raise ValueError(
+            f"config.schedule.kind must be one of {sorted(kinds) + ['iter_exponential']}, got {sched.kind!r}"
+        )
     decay = kinds[sched.kind]
 
     def factor(step):
         step = jnp.asarray(step, jnp.float32)
         warm = jnp.minimum((step + 1.0) / warmup, 1.0) if warmup > 0 else 1.0
         return warm * decay(jnp.maximum(step - warmup, 0.0))
+
+    return factor
+
+
+def _iter_exponential(warmup, decay_end, final_ratio):
+    if not 0.0 < final_ratio <= 1.0 or decay_end <= warmup:
+        raise ValueError(
+            f"iter_exponential needs 0 < final_ratio <= 1 and decay_end > warmup_steps; got final_ratio="
+            f"{final_ratio}, decay_end={decay_end}, warmup_steps={warmup}"
+        )
+    log_final = float(np.log(final_ratio))
+
+    def factor(step):
+        n = jnp.asarray(step, jnp.float32)
+        t = jnp.clip((n - warmup) / (decay_end - warmup), 0.0, 1.0)
+        decayed = jnp.exp(t * log_final)
+        return jnp.where(n < warmup, n / max(warmup, 1), decayed) if warmup > 0 else decayed
 
     return factor
 

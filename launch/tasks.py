@@ -18,6 +18,8 @@ from dav2_jax.teacher import TeacherTask
 from launch import sample_grids
 from launch.data import pipeline, sources
 from launch.eval import metrics, protocols
+from marigold_jax.training import MarigoldTask
+from marigold_jax.vae_training import AutoencoderTask
 
 
 def _dav2_teacher(config):
@@ -32,7 +34,16 @@ def _dav2_metric(config):
     return MetricTask(**config.model)
 
 
-TASKS = {"dav2_teacher": _dav2_teacher, "dav2_student": _dav2_student, "dav2_metric": _dav2_metric}
+def _marigold(config):
+    return MarigoldTask(**config.model)
+
+
+def _marigold_vae(config):
+    return AutoencoderTask(**config.model)
+
+
+TASKS = {"dav2_teacher": _dav2_teacher, "dav2_student": _dav2_student, "dav2_metric": _dav2_metric,
+         "marigold": _marigold, "marigold_vae": _marigold_vae}
 
 READERS = {
     "synthetic": sources.SyntheticScenes,

@@ -22,8 +22,7 @@ def encode(vae: AutoencoderKL, vae_params, images: jnp.ndarray) -> jnp.ndarray:
     return vae.apply(vae_params, images, method=AutoencoderKL.encode_mean) * vae.scaling_factor
 
 
-@jit(static_argnames=("modality", "use_full_z_range"))
-def postprocess(decoded: jnp.ndarray, modality: str, use_full_z_range: bool = True) -> jnp.ndarray:
+def decode_prediction(decoded: jnp.ndarray, modality: str, use_full_z_range: bool = True) -> jnp.ndarray:
     """Decoded VAE images [B, H, W, 3] -> predictions as diffusers' `decode_prediction` makes them.
 
     depth [B, H, W, 1] in [0, 1] (channel mean); normals [B, H, W, 3] unit length (z mapped from [-1, 1] to [0, 1]
@@ -39,6 +38,9 @@ def postprocess(decoded: jnp.ndarray, modality: str, use_full_z_range: bool = Tr
     if modality == "intrinsics":
         return (jnp.clip(decoded, -1.0, 1.0) + 1.0) / 2.0
     raise ValueError(f"expected a modality in {MODALITIES}, got {modality!r}")
+
+
+postprocess = jit(decode_prediction, static_argnames=("modality", "use_full_z_range"))  # on its own, jitted
 
 
 @jit(static_argnames=("unet", "sampler"))

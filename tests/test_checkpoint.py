@@ -180,3 +180,58 @@ def test_resume_after_kill_9_following_a_checkpoint_is_bit_identical(reference, 
     assert_event_files_hold_the_metrics(workdir)  # without what the killed run logged after step 4
     first_epoch = [i for _, _, ids in reference[:5] for i in ids]
     assert sorted(first_epoch) == list(range(40))
+
+
+class _TargetTask(ToyTask):
+    def ema_targets(self):
+        return {"target": 0.9}
+
+
+def _as_layout_1(workdir):
+    """Rewrite every checkpoint of `workdir` as the loop wrote them before layouts were versioned: a train state
+    without `targets` and no `layout` item."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    for step_dir in (Path(workdir) / "checkpoints").iterdir():
+        shutil.rmtree(step_dir / "layout")
+        state_dir = (step_dir / "state").resolve()
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            tree = checkpointer.restore(state_dir)
+        assert tree.pop("targets") in ({}, None)
+        shutil.rmtree(state_dir)
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            checkpointer.save(state_dir, tree)
+
+
+def test_a_checkpoint_of_layout_1_resumes_bit_identically(reference, tmp_path):
+    from launch.checkpoint import Checkpointer
+
+    config = toy_config(total_steps=TOTAL)
+    train.run(config, tmp_path, stop_after_steps=5)
+    checkpointer = Checkpointer(tmp_path, 2, 1)
+    assert checkpointer.layout_version(5) == 2
+    _as_layout_1(tmp_path)
+    assert checkpointer.layout_version(5) == 1
+    checkpointer.close()
+    train.run(config, tmp_path)
+    assert _losses_and_samples(tmp_path) == reference
+
+
+def test_a_checkpoint_of_layout_1_refuses_a_task_with_target_networks_and_says_why(tmp_path):
+    config = toy_config(total_steps=TOTAL)
+    train.run(config, tmp_path, stop_after_steps=3)
+    _as_layout_1(tmp_path)
+    config.task = "test_checkpoint:_TargetTask"
+    with pytest.raises(ValueError, match="before train states held EMA target networks"):
+        train.run(config, tmp_path)
+
+
+def test_a_checkpoint_of_a_newer_layout_is_refused(tmp_path):
+    config = toy_config(total_steps=TOTAL)
+    train.run(config, tmp_path, stop_after_steps=3)
+    metadata = tmp_path / "checkpoints" / "3" / "layout" / "metadata"
+    metadata.write_text(json.dumps({"version": 99, "state_fields": []}))
+    with pytest.raises(ValueError, match="layout version 99, newer than this code's"):
+        train.run(config, tmp_path)

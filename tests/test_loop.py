@@ -162,6 +162,26 @@ def test_schedule_follows_warmup_then_closed_form_decay():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=kind)
 
 
+def test_iter_exponential_is_marigolds_released_schedule():
+    def released(n, total=25_000, final=0.01, warmup=100):  # Marigold's IterExponential lambda, restated
+        if warmup > 0 and n < warmup:
+            return n / warmup
+        if n >= total:
+            return final
+        return math.exp((n - warmup) / (total - warmup) * math.log(final))
+
+    sched = ml_collections.ConfigDict(dict(kind="iter_exponential", warmup_steps=100, final_ratio=0.01,
+                                           decay_end=25_000))
+    factor = optimizer.schedule(sched, 30_000)
+    steps = [0, 1, 50, 99, 100, 101, 12_550, 24_999, 25_000, 29_999]
+    np.testing.assert_allclose([float(factor(n)) for n in steps], [released(n) for n in steps],
+                               rtol=16 * np.finfo(np.float32).eps, atol=0)  # exp of a float32 t * ln(0.01)
+    assert float(factor(0)) == 0.0  # the first update uses lr 0, as released
+    with pytest.raises(ValueError, match="final_ratio"):
+        optimizer.schedule(ml_collections.ConfigDict(dict(kind="iter_exponential", warmup_steps=100,
+                                                          final_ratio=0.0)), 1_000)
+
+
 def test_each_parameter_group_moves_by_its_own_learning_rate():
     config = toy_config(**{"optimizer.name": "sgd", "optimizer.b1": 0.0, "optimizer.clip_norm": 0.0,
                            "optimizer.weight_decay": 0.0, "schedule.kind": "constant", "schedule.warmup_steps": 0})
