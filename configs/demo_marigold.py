@@ -11,6 +11,9 @@ conv_in surgery. Held-out scoring: one trailing DDIM step, AbsRel / delta1 after
 space (normals: angular errors).
 """
 
+import runpy
+from pathlib import Path
+
 import ml_collections
 
 SMALL_UNET = dict(
@@ -59,23 +62,10 @@ def get_config():
     c.optimizer.ema_decay = 0.0  # none, as released
     c.optimizer.lr = ml_collections.ConfigDict(dict(unet=3e-4))  # from scratch: 10x the released fine-tuning lr
 
-    c.schedule = ml_collections.ConfigDict()
-    c.schedule.kind = "cosine"  # "constant" | "poly" | "cosine" | "exponential"
-    c.schedule.warmup_steps = 50  # linear warm-up from 0
-    c.schedule.power = 1.0  # poly exponent (unused here)
-    c.schedule.end_factor = 0.05  # cosine: final lr / peak lr
-    c.schedule.decay_rate = 0.5  # exponential (unused here)
-    c.schedule.decay_steps = 1_000  # exponential (unused here)
-
-    c.data = ml_collections.ConfigDict()
-    c.data.sources = ml_collections.ConfigDict({
-        "synthetic": dict(reader="synthetic", weight=1.0, num_samples=24_000, height=32, width=32, seed=11,
-                          kind="mixed"),
-    })  # generated scenes (image, depth, valid, normals, albedo, shading)
-    c.data.worker_count = 0  # Grain worker processes (0: read in the main process)
-    c.data.read_threads = 1  # reader threads
-    c.data.read_buffer = 32  # prepared examples buffered
-    c.data.max_bad_fraction = 0.01  # stop if more samples than this are unusable
+    step_1 = runpy.run_path(str(Path(__file__).with_name("demo_vae.py")))["get_config"]()
+    c.schedule = step_1.schedule  # cosine from 50 warm-up steps down to 5 %
+    c.data = step_1.data  # the same loader settings, other scenes:
+    c.data.sources.synthetic.seed = 11  # generated scenes (image, depth, valid, normals, albedo, shading)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.source = ml_collections.ConfigDict(

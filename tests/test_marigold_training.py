@@ -27,6 +27,15 @@ def _frozen(task, example):
     return task.load_frozen(abstract)
 
 
+def _ready(path, modality, batch):
+    """(task, its warm-started U-Net params, its frozen tree) for a base folder."""
+    import flax.linen as nn
+
+    task = training.MarigoldTask(modality=modality, base=path)
+    params = task.warm_start(nn.unbox(jax.jit(task.init)(jax.random.key(0), batch)[0]))
+    return task, params, _frozen(task, batch)
+
+
 def _batch(seed, size=16):
     rng = np.random.default_rng(seed)
     valid = rng.random((2, size, size)) > 0.03
@@ -43,12 +52,8 @@ def test_one_step_loss_and_unet_gradient_equal_diffusers(sd2_folder):  # noqa: F
     from diffusers import DDPMScheduler
 
     pipe, path = sd2_folder
-    task = training.MarigoldTask(modality="depth", base=path)
     batch = _batch(0)
-    import flax.linen as nn
-
-    params = task.warm_start(nn.unbox(task.init(jax.random.key(0), batch)[0]))
-    frozen = _frozen(task, batch)
+    task, params, frozen = _ready(path, "depth", batch)
     rng = jax.random.key(3)
     with jax.default_matmul_precision("highest"):
         (loss, _), grads = jax.jit(jax.value_and_grad(task.loss, has_aux=True))(params, frozen, batch, rng)
@@ -95,13 +100,9 @@ def test_one_step_loss_and_unet_gradient_equal_diffusers(sd2_folder):  # noqa: F
 
 @pytest.mark.slow
 def test_predict_is_one_trailing_ddim_step_decoded(sd2_folder):  # noqa: F811
-    import flax.linen as nn
-
     _, path = sd2_folder
-    task = training.MarigoldTask(modality="depth", base=path)
     batch = _batch(1)
-    params = task.warm_start(nn.unbox(task.init(jax.random.key(0), batch)[0]))
-    frozen = _frozen(task, batch)
+    task, params, frozen = _ready(path, "depth", batch)
     depth = np.asarray(jax.jit(task.predict)(params, frozen, batch, jax.random.key(0)))
     assert depth.shape == (2, 16, 16) and depth.min() >= 0 and depth.max() <= 1
     assert task.prediction_kind == "depth"
