@@ -41,9 +41,11 @@ class Checkpointer:
     def __init__(self, workdir, keep, every):
         """keep: how many most recent checkpoints survive; every: save period in steps (forced saves come extra)."""
         self.directory = run_directory(workdir) / "checkpoints"
+        # On the period only: Orbax's default policy would also save the very first step of a run (for ViT-G, a
+        # whole train state minutes after starting) and could not tell a preemption we handle ourselves.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            save_interval_steps=every,
+            should_save_fn=lambda step, last_saved: step % every == 0,
             enable_async_checkpointing=True,
             create=True,
         )
@@ -76,8 +78,17 @@ class Checkpointer:
     def restore(self, step, abstract_state, data_iterator, config):
         """Restore `step` into `abstract_state`'s shapes and shardings; `data_iterator` is repositioned in place.
 
-        abstract_state: a pytree of `jax.ShapeDtypeStruct` carrying the target `sharding`.
+        abstract_state: a pytree of `jax.ShapeDtypeStruct` carrying the target `sharding`. The data iterators'
+        positions are per process, so the run must resume with the process count that saved it.
         """
+        saved = sorted(p.name for p in (self.directory / str(step) / "data").glob("process_*.json"))
+        count = jax.process_count()
+        if saved and not any(name.endswith(f"-of-{count}.json") for name in saved):
+            raise ValueError(
+                f"checkpoint {step} in {self.directory} was saved by {len(saved)} processes ({', '.join(saved)}) "
+                f"but this run has {count}: each process's data position is its own, so resume with "
+                f"{len(saved)} processes, or start a new --workdir (with --config.model.init_from for the weights)"
+            )
         version = self.layout_version(step)
         if version > LAYOUT_VERSION:
             raise ValueError(

@@ -12,12 +12,14 @@ DEFAULT_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
 
 
 def enable(path: str | None) -> str | None:
-    """Cache every compiled program in `path` (None or "off": no cache). Call before the first compilation."""
+    """Cache every compiled program in `path` (local or `gs://...`; None or "off": no cache). Call before the first
+    compilation."""
     import jax
+    from etils import epath
 
     if path is None or path == "off":
         return None
-    os.makedirs(path, exist_ok=True)
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # default 1 s would skip small programs
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -40,7 +40,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from launch import mesh as mesh_lib
-from launch import sample_grids
+from launch import preemption, sample_grids
 from launch.checkpoint import Checkpointer, run_directory
 from launch.metrics_log import MetricsLog, to_python
 from launch.optimizer import make_optimizer, trained_mask
@@ -158,11 +158,14 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
     to TensorBoard event files in `tensorboard/`, and each evaluation's samples to `samples/STEP.png` and
     TensorBoard; on resume, whatever an interrupted run wrote after the restored checkpoint is dropped from all.
     stop_after_steps: end this invocation after that many steps with a checkpoint, as a preemption would.
+    SIGTERM (preemption) ends it the same way at the end of the current step: a checkpoint at that step, then
+    return; running the same command again resumes there.
     """
     workdir = run_directory(workdir)
     setup = prepare_training(config, task, example_batch, devices)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every)
-    key = jax.device_put(jax.random.key(config.seed), NamedSharding(setup.mesh, PartitionSpec()))
+    # Made by a jitted function: with several processes a host value cannot be device_put onto the whole mesh.
+    key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=NamedSharding(setup.mesh, PartitionSpec()))()
 
     def put_batch(local):
         return jax.tree.map(
@@ -172,7 +175,7 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
     # Initialise outside the mesh context: Linen's DenseGeneral would constrain its flattened kernel with the
     # unflattened logical names; the jit's out_shardings place the parameters anyway.
     state, frozen, latest = _initial_state(setup, task, checkpointer, data_iterator, config, example_batch)
-    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules), preemption.on_sigterm() as sigterm:
         start = int(state.step)
         log.info("%s at step %d of %d; metrics in %s", "resuming" if latest is not None else "starting", start,
                  config.total_steps, workdir / "metrics.jsonl")
@@ -189,6 +192,7 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
         def run_evaluation(step, state):
             scores, samples = evaluate(_eval_params(state), frozen, put_batch)
             write({"step": step, **scores})
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
             if samples is not None and jax.process_index() == 0:
                 sample_grids.save(workdir / "samples", step, samples)
                 board.image("samples", step, samples)
@@ -224,6 +228,10 @@ def train(config, task, data_iterator, example_batch, workdir, evaluate=None, st
                 last_time = time.perf_counter()
             if checkpointer.save(step, state, data_iterator, config):
                 last_saved = step
+            if sigterm.requested():
+                log.warning("preempted at step %d of %d: checkpoint saved; run the same command to resume", step,
+                            config.total_steps)
+                break
         if last_saved != step:
             checkpointer.save(step, state, data_iterator, config, force=True)
         checkpointer.wait()
@@ -246,7 +254,7 @@ def _initial_state(setup, task, checkpointer, data_iterator, config, example_bat
         return checkpointer.restore(latest, setup.abstract_state, data_iterator, config), frozen, latest
     state = setup.init_state(key, example_batch)
     if hasattr(task, "warm_start"):
-        params = jax.device_put(task.warm_start(state.params), setup.state_shardings.params)
+        params = put_global(task.warm_start(state.params), setup.state_shardings.params)
         copy = lambda: jax.tree.map(jnp.copy, params)  # distinct buffers: the step donates the whole state
         state = state.replace(
             params=params,
@@ -254,6 +262,19 @@ def _initial_state(setup, task, checkpointer, data_iterator, config, example_bat
             targets={name: copy() for name in state.targets},
         )
     return state, frozen, None
+
+
+def put_global(tree, shardings):
+    """Arrays of `tree` (each process holding the whole value) placed with `shardings`, which may span the devices
+    of several processes: every process supplies the shards its devices hold."""
+
+    def put(x, sharding):
+        if isinstance(x, jax.Array) and x.sharding == sharding:  # already in place, e.g. untouched by warm_start
+            return x
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree, shardings)
 
 
 def _eval_params(state):

@@ -40,20 +40,38 @@ RULE_SETS = {
 }
 
 
-def initialize_distributed():
-    """Call `jax.distributed.initialize()` when this process is one of several (TPU pod, SLURM, explicit coordinator).
+COORDINATOR_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
-    A single process needs no coordinator, and `initialize()` would fail looking for one, so it is skipped.
+
+def cluster_detected():
+    """Whether JAX's own cluster detection finds a multi-process environment (Cloud TPU VMs and GKE, SLURM,
+    Open MPI, Kubernetes): the environments in which `jax.distributed.initialize()` needs no arguments."""
+    from jax._src import clusters  # JAX's detection table; no public API exposes it
+
+    return any(not env.opt_in_only_method and env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
+
+
+def initialize_distributed():
+    """Start JAX's distributed runtime when this process is one of several; returns the process count.
+
+    With `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` set, those are
+    passed explicitly (jax 0.10 does not read them itself; on CPU the processes talk through Gloo). Otherwise, where
+    JAX detects a cluster (a TPU VM slice, SLURM, ...), `jax.distributed.initialize()` finds its own parameters. A
+    lone process needs no coordinator and starts none.
     """
-    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-    several = (
-        "JAX_COORDINATOR_ADDRESS" in os.environ
-        or len(hosts) > 1
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    )
-    if several:
+    given = [name for name in COORDINATOR_VARIABLES if name in os.environ]
+    if given:
+        if len(given) != len(COORDINATOR_VARIABLES):
+            missing = sorted(set(COORDINATOR_VARIABLES) - set(given))
+            raise ValueError(f"{', '.join(given)} set but {', '.join(missing)} not: set all three or none")
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif cluster_detected():
         jax.distributed.initialize()
+    return jax.process_count()
 
 
 def mesh_shape(data, fsdp, tensor, num_devices):

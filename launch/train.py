@@ -3,15 +3,19 @@
     python launch/train.py --config configs/NAME.py --workdir DIR [--config.a.b=value ...] [--stop_after_steps N]
 
 Writes DIR/metrics.jsonl and DIR/checkpoints/STEP/. Running the same command again in the same DIR resumes from
-the newest checkpoint (train state, data iterator position and all), exactly where the run stopped.
+the newest checkpoint (train state, data iterator position and all), exactly where the run stopped; SIGTERM
+(preemption) saves a checkpoint at the current step first. Compiled programs are cached in DIR/compilation_cache.
+Several processes (a TPU pod, SLURM, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID) each run
+the same command; --verbosity=1 shows the INFO logs of Orbax, Grain and the like.
 """
 
 import logging
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import loop, mesh, tasks
+from launch import checkpoint, compilation_cache, loop, mesh, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file (a get_config() Python file)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: metrics.jsonl and checkpoints/; resumes if present")
@@ -56,9 +60,19 @@ def run(config, workdir, stop_after_steps=None):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --config, --workdir, --stop_after_steps")
-    logging.getLogger("launch").setLevel(logging.INFO)
-    mesh.initialize_distributed()
-    run(_CONFIG.value, _WORKDIR.value, _STOP_AFTER.value)
+    processes = mesh.initialize_distributed()
+    # The console shows our progress, evaluations, warnings and errors; the INFO chatter of Orbax, Grain and other
+    # absl users only with --verbosity=1 or more. Processes other than 0 report warnings and errors only.
+    if flags.FLAGS.verbosity < 1:
+        logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("launch").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+    logging.getLogger("launch").info("%d process(es), %d devices (%s)", processes, jax.device_count(),
+                                     jax.devices()[0].platform)
+    # A resumed or repeated run loads its programs instead of compiling them again.
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    compilation_cache.enable(
+        config.get("compilation_cache_dir") or str(checkpoint.run_directory(workdir) / "compilation_cache"))
+    run(config, workdir, _STOP_AFTER.value)
 
 
 if __name__ == "__main__":

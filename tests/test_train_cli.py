@@ -12,8 +12,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import skimage.data
+from PIL import Image
 from test_loop import toy_config
 
+import dav2_jax
 from launch import sample_grids, tasks, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,3 +137,12 @@ def test_readme_command_with_relative_paths_trains_checkpoints_and_resumes(tmp_p
     assert [r["step"] for r in evals] == [0, 2]
     assert all(0 < r["eval/abs_rel"] and 0 <= r["eval/delta1"] <= 1 for r in evals)
     assert sorted(p.name for p in (root / "runs/demo/checkpoints").iterdir()) == ["1", "2"]
+    # The run is a checkpoint the other command lines take by its relative path (Orbax reads it).
+    Image.fromarray(skimage.data.coffee()[::8, ::8]).save(root / "photo.png")
+    for command in (["launch/convert.py", "--input", "runs/demo", "--output", "runs/demo_jax", "--to", "jax"],
+                    ["launch/infer.py", "--model", "runs/demo", "--input", "photo.png", "--output", "out"]):
+        out = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=900, cwd=root)
+        assert out.returncode == 0, out.stderr[-3000:]
+    model, params = dav2_jax.load(str(root / "runs/demo_jax"))
+    expected = dav2_jax.infer_image(model, params, np.asarray(Image.open(root / "photo.png")))
+    np.testing.assert_allclose(np.load(root / "out/photo.npy"), expected, rtol=1e-5, atol=1e-6)

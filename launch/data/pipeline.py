@@ -67,20 +67,49 @@ def mixture(sources, weights, seed, max_bad_fraction=0.01, labels=None):
     return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
 
 
+class ProcessShare(grain.MapDataset):
+    """One process's rows of every global batch of an endless stream.
+
+    Local item j is stream item `(j // local) * global_batch + process_index * local + j % local` (local =
+    global_batch / process_count), so the processes' local batches, stacked in process order, are exactly the
+    global batch a single process reads.
+    """
+
+    def __init__(self, parent, global_batch, process_index, process_count):
+        super().__init__(parent)
+        self.global_batch = global_batch
+        self.local = global_batch // process_count
+        self.offset = process_index * self.local
+
+    def __len__(self):
+        return len(self.parents[0]) // self.global_batch * self.local
+
+    def position(self, index):
+        """The stream position of local item `index`."""
+        batch, row = divmod(index, self.local)
+        return batch * self.global_batch + self.offset + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self.parents[0][self.position(index)]
+
+    def __str__(self):
+        return f"ProcessShare(rows {self.offset}..{self.offset + self.local - 1} of every {self.global_batch})"
+
+
 class _Prepare:
     """Apply `prepare(sample, rng)` with an rng derived from the seed and the sample's global stream position."""
 
-    def __init__(self, prepare, seed, process_index, process_count):
+    def __init__(self, prepare, seed, share):
         self.prepare = prepare
         self.seed = seed
-        self.process_index = process_index
-        self.process_count = process_count
+        self.share = share
 
     def __call__(self, local_index, sample):
         if sample is None:
             return None
-        position = local_index * self.process_count + self.process_index
-        return self.prepare(sample, np.random.default_rng((self.seed, position)))
+        return self.prepare(sample, np.random.default_rng((self.seed, self.share.position(local_index))))
 
 
 def train_iterator(
@@ -96,8 +125,8 @@ def train_iterator(
         raise ValueError(
             f"batch_size {global_batch_size} must be a multiple of the number of processes ({process_count})"
         )
-    ds = dataset[process_index::process_count]
-    ds = ds.map_with_index(_Prepare(prepare, seed, process_index, process_count))
+    share = ProcessShare(dataset, global_batch_size, process_index, process_count)
+    ds = share.map_with_index(_Prepare(prepare, seed, share))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer))
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     if worker_count > 0:
@@ -119,26 +148,26 @@ def example_batch(source, prepare):
 def eval_batches(source, prepare, global_batch_size, num_samples=None):
     """This process's share of the held-out set as a list of batches, prepared deterministically (`rng=None`).
 
-    Takes the first `num_samples` usable samples (all when None); a last incomplete global batch is dropped.
+    The first `num_samples` samples (all when None), rounded down to whole global batches; each process reads and
+    prepares only its own part of each batch. A held-out sample that cannot be read stops the run with its name:
+    skipping it would change what every evaluation scores.
     """
-    process_index, process_count = jax.process_index(), jax.process_count()
-    examples = []
-    for index in range(len(source)):
-        if num_samples is not None and len(examples) == num_samples:
-            break
-        try:
-            examples.append(prepare(source[index], None))
-        except BadSample as err:
-            log.warning("held-out set: skipped bad sample %s", err)
-    usable = len(examples) - len(examples) % global_batch_size
+    total = len(source) if num_samples is None else min(num_samples, len(source))
+    usable = total - total % global_batch_size
     if usable == 0:
         raise ValueError(
-            f"the held-out set has {len(examples)} usable samples, fewer than one batch of {global_batch_size}; "
+            f"the held-out set has {total} samples, fewer than one batch of {global_batch_size}; "
             "lower --config.eval.batch_size or add samples"
         )
+    process_index, process_count = jax.process_index(), jax.process_count()
     local = global_batch_size // process_count
     batches = []
     for start in range(0, usable, global_batch_size):
-        part = examples[start + process_index * local : start + (process_index + 1) * local]
+        part = []
+        for index in range(start + process_index * local, start + (process_index + 1) * local):
+            try:
+                part.append(prepare(source[index], None))
+            except BadSample as err:
+                raise ValueError(f"held-out sample {index} cannot be used ({err}); fix or remove it") from err
         batches.append({k: np.stack([np.asarray(e[k]) for e in part]) for k in part[0]})
     return batches
