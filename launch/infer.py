@@ -7,8 +7,8 @@
 sub-folders), a .txt list of paths or a glob. Outputs mirror the inputs' relative paths under --output. For each
 image NAME.ext a Depth Anything model writes NAME.npy (float32 H×W: relative disparity, or metres for metric
 models), NAME.png (16-bit, min-max normalised) and NAME_color.png, plus NAME_mm.png (uint16 millimetres) for
-metric models; --save picks others; --tiled-size predicts large images in tiles. Unreadable files are reported and
-skipped. Compiled programs are cached in --compilation-cache across runs.
+metric models; --save picks others; --tiled-size predicts large images in tiles (both families). Unreadable files
+are reported and skipped. Compiled programs are cached in --compilation-cache across runs.
 """
 
 import argparse
@@ -18,9 +18,9 @@ import sys
 from launch import compilation_cache, images
 
 # Flags that only one family reads: default None (or False), so that setting them for the other is an error.
-DAV2_FLAGS = {"input_size": 518, "max_depth": None, "tiled_size": None}
+DAV2_FLAGS = {"input_size": 518, "max_depth": None}
 MARIGOLD_FLAGS = {"steps": None, "ensemble": 1, "ensemble_batch": 1, "processing_resolution": None, "seed": 0,
-                  "uncertainty": False}
+                  "uncertainty": False, "tiled_strength": None}
 
 
 def parse_args(argv=None):
@@ -45,8 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--input-size", type=int, default=None, help="DAv2: short side of the network input (×14)")
     p.add_argument("--max-depth", type=float, default=None, help="DAv2 metric .pth whose name lacks the range")
     p.add_argument("--tiled-size", type=int, default=None,
-                   help="DAv2: predict at this short side (×14, above --input-size) in overlapping tiles of "
-                        "--input-size, aligned to a global pass (for images too large for one pass)")
+                   help="predict large images in overlapping tiles of the network's size, guided by a global pass: "
+                        "DAv2: at this short side (×14, above --input-size); Marigold: at this long side (×8, above "
+                        "--processing-resolution), by MultiDiffusion")
     p.add_argument("--steps", type=int, default=None, help="Marigold: denoising steps (default: the checkpoint's)")
     p.add_argument("--ensemble", type=int, default=None, help="Marigold: predictions per image (default 1)")
     p.add_argument("--ensemble-batch", type=int, default=None,
@@ -55,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None, help="Marigold: noise seed (default 0)")
     p.add_argument("--uncertainty", action="store_true", default=None,
                    help="Marigold: also write the ensemble uncertainty")
+    p.add_argument("--tiled-strength", type=float, default=None,
+                   help="Marigold with --tiled-size: fraction of the denoising steps the tiles run again from the "
+                        "noised global prediction (default 0.5)")
     return p.parse_args(argv)
 
 

@@ -15,6 +15,10 @@ Images of one size run `--batch-size` at a time (all their ensemble members, `--
 denoising pass), split over the `data` axis of all local devices. Each image's initial noise is drawn from
 `--seed` alone, as if it ran by itself, so its result does not depend on the images it is batched with (LCM's
 noise between steps, with more than one step, is drawn per pass).
+
+With `--tiled-size S`, each image is predicted at long side S by `marigold_jax.tiling.predict_tiled` (a global pass
+at `--processing-resolution`, then MultiDiffusion over tiles of that size, `--batch-size` tiles at once,
+`--tiled-strength` of the steps run again), one image at a time.
 """
 
 import sys
@@ -158,7 +162,8 @@ def run(args, inputs, mesh) -> tuple[int, list[str]]:
     """Predict every image of `inputs` with the Marigold folder `args.model`; returns (written, unreadable paths).
 
     Uses args.steps, .ensemble, .ensemble_batch, .processing_resolution, .seed, .uncertainty, .batch_size
-    (images at once), .dtype and .attention (the U-Net/VAE attention kernel).
+    (images at once; tiles at once with .tiled_size), .tiled_size, .tiled_strength, .dtype and .attention (the
+    U-Net/VAE attention kernel).
     """
     import jax.numpy as jnp
 
@@ -170,6 +175,10 @@ def run(args, inputs, mesh) -> tuple[int, list[str]]:
                          "predicts images only")
     if args.uncertainty and args.ensemble < 2:
         raise SystemExit("--uncertainty needs --ensemble 2 or more (it measures how much the members disagree)")
+    if args.tiled_size is None and args.tiled_strength is not None:
+        raise SystemExit("--tiled-strength only applies with --tiled-size")
+    if args.tiled_size is not None and args.uncertainty:
+        raise SystemExit("--uncertainty does not apply with --tiled-size: the tiled pass predicts once per image")
     pipeline = marigold_jax.load(args.model, dtype=jnp.dtype(args.dtype), attention_impl=args.attention)
     kinds = save_kinds(args, pipeline)
     try:
@@ -183,6 +192,8 @@ def run(args, inputs, mesh) -> tuple[int, list[str]]:
         resolution = pipeline.model_index.get("default_processing_resolution")
     if resolution is None:
         raise SystemExit(f"{args.model} names no default_processing_resolution; pass --processing-resolution")
+    if args.tiled_size is not None:
+        _check_tiling(args, pipeline, resolution)
     targets = pipeline.n_targets if pipeline.modality == "intrinsics" else 1
     done, failed = 0, []
     with tqdm.tqdm(total=len(inputs), unit="img", disable=None) as bar:
@@ -193,6 +204,12 @@ def run(args, inputs, mesh) -> tuple[int, list[str]]:
             failed.extend(inputs[i].path for i in group if i not in readable)
             bar.update(len(errors))
             if not rgbs:
+                continue
+            if args.tiled_size is not None:
+                for i, rgb in zip(readable, rgbs):
+                    write_prediction(stems[i], pipeline, _predict_tiled(args, pipeline, rgb, resolution), None, kinds)
+                    bar.update(1)
+                done += len(readable)
                 continue
             output = pipeline.predict(
                 np.stack(rgbs), num_inference_steps=args.steps, ensemble_size=args.ensemble,
@@ -207,3 +224,28 @@ def run(args, inputs, mesh) -> tuple[int, list[str]]:
                 bar.update(1)
             done += len(readable)
     return done, failed
+
+
+def _check_tiling(args, pipeline, resolution: int) -> None:
+    from marigold_jax import tiling
+
+    if resolution <= 0 or args.tiled_size <= resolution:
+        raise SystemExit(f"--tiled-size must be above --processing-resolution {resolution} (0 = native does not "
+                         f"apply to tiling), got {args.tiled_size}")
+    steps = args.steps if args.steps is not None else pipeline.model_index.get("default_denoising_steps")
+    strength = tiling.STRENGTH if args.tiled_strength is None else args.tiled_strength
+    try:
+        tiling.check_options(pipeline, args.tiled_size, resolution, None, None, strength, steps)
+    except ValueError as e:
+        raise SystemExit(f"--tiled-size/--tiled-strength/--steps: {e}") from e
+
+
+def _predict_tiled(args, pipeline, rgb, resolution: int) -> np.ndarray:
+    from marigold_jax import tiling
+
+    strength = tiling.STRENGTH if args.tiled_strength is None else args.tiled_strength
+    return tiling.predict_tiled(
+        pipeline, rgb, args.tiled_size, processing_resolution=resolution, strength=strength,
+        num_inference_steps=args.steps, ensemble_size=args.ensemble, batch_size=args.batch_size, seed=args.seed,
+        progress=True,
+    ).prediction

@@ -62,18 +62,41 @@ def denoise(
     length >= num_steps (so that one compiled program serves every step count); key: noise between LCM steps.
     Returns the final target latents [B, h, w, 4T].
     """
-    b = image_latent.shape[0]
-    context = jnp.broadcast_to(text, (b, *text.shape[1:]))
 
     def body(i, latent):
         step_consts = jax.tree.map(lambda c: c[i], consts)
-        model_input = jnp.concatenate([image_latent, latent], axis=-1)
-        model_output = unet.apply(unet_params, model_input, step_consts["timesteps"], context)
         step_noise = jax.random.normal(jax.random.fold_in(key, i), latent.shape, latent.dtype)
-        latent, _ = schedulers.step(sampler, model_output.astype(latent.dtype), latent, step_consts, step_noise)
-        return latent
+        return _step(unet, unet_params, sampler, step_consts, image_latent, latent, text, step_noise)
 
     return jax.lax.fori_loop(0, num_steps, body, noise)
+
+
+def _step(unet, unet_params, sampler, step_consts, image_latent, latent, text, step_noise):
+    context = jnp.broadcast_to(text, (latent.shape[0], *text.shape[1:]))
+    model_input = jnp.concatenate([image_latent, latent], axis=-1)
+    model_output = unet.apply(unet_params, model_input, step_consts["timesteps"], context)
+    latent, _ = schedulers.step(sampler, model_output.astype(latent.dtype), latent, step_consts, step_noise)
+    return latent
+
+
+@jit(static_argnames=("unet", "sampler"))
+def denoise_step(
+    unet: UNet2DConditionModel,
+    unet_params,
+    sampler: schedulers.Sampler,
+    step_consts: dict,
+    image_latent: jnp.ndarray,
+    latent: jnp.ndarray,
+    text: jnp.ndarray,
+    step_noise: jnp.ndarray,
+) -> jnp.ndarray:
+    """One denoising step of B latents (e.g. the tiles of a MultiDiffusion pass), the body of `denoise`.
+
+    step_consts: one step's scalars (index i of each `schedulers.make_plan` array); image_latent [B, h, w, 4];
+    latent [B, h, w, 4T] at the step's timestep; step_noise like `latent` (LCM's re-noising, else unused).
+    Returns the latents [B, h, w, 4T] at the previous timestep.
+    """
+    return _step(unet, unet_params, sampler, step_consts, image_latent, latent, text, step_noise)
 
 
 def per_target(latent: jnp.ndarray, latent_channels: int = 4) -> jnp.ndarray:
