@@ -106,28 +106,32 @@ def _block_decode(vae, vae_params, latent):
     return jnp.tanh(jnp.repeat(jnp.repeat(latent[..., :3], 8, axis=1), 8, axis=2))
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_with_pixelwise_networks_overlapping_tiles_give_the_single_pass(depth, monkeypatch, strength):
+@pytest.mark.parametrize("modality,targets,strength", [("depth", 1, 1.0), ("depth", 1, 0.5), ("normals", 1, 0.5),
+                                                       ("intrinsics", 2, 0.5), ("intrinsics", 2, 1.0)])
+def test_with_pixelwise_networks_overlapping_tiles_give_the_single_pass(depth, monkeypatch, modality, targets,
+                                                                        strength):
     """With networks that act on each latent cell (8 x 8 pixels) alone, every tile's update of a cell is the single
     pass's, so blending them changes nothing but rounding: weights summing to 1 within 4 float64 roundings, cast
     to float32 once per blend (half an ulp), with 2 + 2 blends on any path (guide, steps, decode) each followed
-    by steps of gain below 2 here (v-prediction DDIM on a tanh layer): below 2^4 · 4 · eps / 2 = 32 eps."""
+    by steps of gain below 2 here (v-prediction DDIM on a tanh layer), plus a re-normalisation of blended normals
+    (a few ulps): below 2^4 · 4 · eps / 2 = 32 eps. Intrinsics with two targets check the per-target layout."""
     _, pipeline = depth
-    unet = PixelwiseUNet()
-    params = unet.init(jax.random.key(0), jnp.zeros((1, 1, 1, 8)), 0.0, None)
-    pipeline = dataclasses.replace(pipeline, folder=dataclasses.replace(pipeline.folder, unet=unet,
-                                                                        unet_params=params))
+    unet = PixelwiseUNet(out_channels=4 * targets)
+    params = unet.init(jax.random.key(0), jnp.zeros((1, 1, 1, 4 + 4 * targets)), 0.0, None)
+    pipeline = dataclasses.replace(pipeline, modality=modality,
+                                   folder=dataclasses.replace(pipeline.folder, unet=unet, unet_params=params))
     monkeypatch.setattr(sampling, "encode", _block_encode)
     monkeypatch.setattr(sampling, "decode", _block_decode)
     image = skimage.data.coffee()[::4, ::4]  # 100 x 150; at long side 128: 85 x 128, latents 11 x 16
-    noise = np.random.default_rng(6).standard_normal((1, 11, 16, 4), dtype=np.float32)
+    noise = np.random.default_rng(6).standard_normal((1, 11, 16, 4 * targets), dtype=np.float32)
     knobs = dict(processing_resolution=64, num_inference_steps=4, strength=strength, latents=noise, batch_size=4)
     tiled = tiling.predict_tiled(pipeline, image, 128, tile_size=32, overlap=16, **knobs)
     if strength == 1.0:
-        single = pipeline.predict_depth(image, processing_resolution=128, num_inference_steps=4, latents=noise)
+        single = pipeline.predict(image, processing_resolution=128, num_inference_steps=4, latents=noise)
     else:  # the same global guide, one tile covering the canvas
         single = tiling.predict_tiled(pipeline, image, 128, tile_size=128, **knobs)
-    assert tiled.prediction.shape == single.prediction.shape == (1, 100, 150, 1)
+    channels = 1 if modality == "depth" else 3
+    assert tiled.prediction.shape == single.prediction.shape == (targets, 100, 150, channels)
     assert np.ptp(single.prediction) > 0.1  # a non-trivial prediction
     np.testing.assert_allclose(tiled.prediction, single.prediction, rtol=0, atol=32 * EPS)
 
