@@ -18,7 +18,7 @@ from launch.eval import datasets, predictors, protocols, run
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True,
-                   help="DAv2 .pth / transformers / dav2_jax folder / training run, or Marigold folder")
+                   help="DAv2 .pth / transformers / dav2_jax folder, Marigold folder, or a training run of either")
     p.add_argument("--dataset", required=True, choices=sorted(datasets.DATASETS))
     p.add_argument("--data-dir", help="the benchmark's files (not needed for motorcycle, optional for nyu_tfds)")
     p.add_argument("--protocol", choices=protocols.PROTOCOLS,

@@ -2,6 +2,7 @@
 
     python launch/infer.py --model depth_anything_v2_vits.pth --input photos/ --output out/ [--input-size 518]
     python launch/infer.py --model marigold-depth-v1-1 --input 'photos/**/*.jpg' --output out/ --ensemble 5
+    python launch/infer.py --model runs/demo_marigold --input photos/ --output out/   # a training run
 
 --input: an image, a video (Depth Anything: CLIP_depth.mp4 at the input's frame rate), a folder (--recursive for
 sub-folders), a .txt list of paths or a glob. Outputs mirror the inputs' relative paths under --output. For each
@@ -16,6 +17,7 @@ import os
 import sys
 
 from launch import compilation_cache, images
+from launch.eval import predictors
 
 # Flags that only one family reads: default None (or False), so that setting them for the other is an error.
 DAV2_FLAGS = {"input_size": 518, "max_depth": None}
@@ -26,7 +28,7 @@ MARIGOLD_FLAGS = {"steps": None, "ensemble": 1, "ensemble_batch": 1, "processing
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="official .pth, transformers/diffusers folder, dav2_jax folder or DAv2 training run directory")
+                   help="official .pth, transformers/diffusers folder, dav2_jax folder or training run directory")
     p.add_argument("--input", required=True, help="an image or video, a folder, a .txt list of paths, or a glob")
     p.add_argument("--output", required=True, help="output folder (created)")
     p.add_argument("--recursive", action="store_true", help="with a folder --input: include its sub-folders")
@@ -90,7 +92,10 @@ def _setup_devices(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     compilation_cache.enable(args.compilation_cache)
-    marigold = os.path.exists(os.path.join(args.model, "model_index.json"))
+    try:
+        marigold = predictors.model_family(args.model) == "marigold"
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
     _check_family(args, "marigold" if marigold else "dav2")
     try:
         inputs = images.list_inputs(args.input, args.recursive)

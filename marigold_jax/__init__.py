@@ -1,6 +1,7 @@
 """Marigold (depth, surface normals, intrinsic image decomposition) in JAX/Flax, equal to diffusers.
 
     pipeline = marigold_jax.load("marigold-depth-v1-1")      # a diffusers folder; no torch needed
+    pipeline = marigold_jax.load("runs/demo_marigold")         # or a training run directory (newest step)
     out = pipeline.predict_depth(rgb_uint8)                    # out.prediction [1, H, W, 1] in [0, 1]
     marigold_jax.save(pipeline, "exported")                    # loads back in diffusers
     big = marigold_jax.predict_tiled(pipeline, rgb_uint8, 2048)  # long side 2048 in tiles (MultiDiffusion)

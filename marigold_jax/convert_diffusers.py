@@ -253,11 +253,7 @@ def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="auto"):
         for c, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
     }
     tokenizer_dir = os.path.join(path, "tokenizer")
-    tokenizer_files = {}
-    for name in sorted(os.listdir(tokenizer_dir)):
-        if os.path.isfile(os.path.join(tokenizer_dir, name)):
-            with open(os.path.join(tokenizer_dir, name), "rb") as f:
-                tokenizer_files[name] = f.read()
+    tokenizer_files = read_tokenizer_files(tokenizer_dir)
     embedding = _encode_empty_prompt(text_encoder, params["text_encoder"], tokenizer_dir)
     return MarigoldFolder(
         unet=unet,
@@ -276,15 +272,26 @@ def load_folder(path, dtype=jnp.float32, remat=False, attention_impl="auto"):
     )
 
 
+def read_tokenizer_files(tokenizer_dir):
+    """The files of a `tokenizer/` folder, {name: bytes}, to be written back unchanged."""
+    files = {}
+    for name in sorted(os.listdir(tokenizer_dir)):
+        if os.path.isfile(os.path.join(tokenizer_dir, name)):
+            with open(os.path.join(tokenizer_dir, name), "rb") as f:
+                files[name] = f.read()
+    return files
+
+
 def _encode_empty_prompt(text_encoder, params, tokenizer_dir):
     with jax.default_matmul_precision("highest"):
         embedding = text_encoder.apply(params, jnp.asarray(empty_prompt_ids(tokenizer_dir)))
     return np.asarray(embedding, np.float32)
 
 
-def empty_prompt_embedding(path):
-    """The CLIP encoding of the empty prompt from a diffusers folder's `text_encoder/` and `tokenizer/` alone, as
-    diffusers Marigold computes it (no padding: [BOS, EOS]), without torch → float32 [1, 2, hidden_size]."""
+def read_text_encoder(path, attention_impl="auto"):
+    """A diffusers folder's `text_encoder/` and `tokenizer/`, without torch → (config dict, `CLIPTextModel`,
+    `{"params": tree}`, tokenizer files {name: bytes}, the empty-prompt embedding float32 [1, 2, hidden_size]
+    encoded as diffusers Marigold does (no padding: [BOS, EOS]))."""
     missing = [f for f in ("text_encoder/config.json", "tokenizer") if not os.path.exists(os.path.join(path, f))]
     if _weights_file(path, "text_encoder") is None:
         missing.append("text_encoder/model.safetensors")
@@ -292,9 +299,18 @@ def empty_prompt_embedding(path):
         raise FileNotFoundError(
             f"{path} lacks {', '.join(missing)}: expected a diffusers folder with a CLIP text encoder"
         )
-    text_encoder = CLIPTextModel.from_config(_read_json(os.path.join(path, "text_encoder", "config.json")))
+    config = _read_json(os.path.join(path, "text_encoder", "config.json"))
+    text_encoder = CLIPTextModel.from_config(config, attention_impl=attention_impl)
     params = params_from_torch(text_encoder, read_component(path, "text_encoder"), f"{path}/text_encoder")
-    return _encode_empty_prompt(text_encoder, params, os.path.join(path, "tokenizer"))
+    tokenizer_dir = os.path.join(path, "tokenizer")
+    embedding = _encode_empty_prompt(text_encoder, params, tokenizer_dir)
+    return config, text_encoder, params, read_tokenizer_files(tokenizer_dir), embedding
+
+
+def empty_prompt_embedding(path):
+    """The CLIP encoding of the empty prompt from a diffusers folder's `text_encoder/` and `tokenizer/` alone, as
+    diffusers Marigold computes it (no padding: [BOS, EOS]), without torch → float32 [1, 2, hidden_size]."""
+    return read_text_encoder(path)[-1]
 
 
 def save_folder(folder, path):

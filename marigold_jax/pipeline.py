@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from marigold_jax import ensemble, image_processing, sampling, schedulers
+from marigold_jax import ensemble, image_processing, run_folder, runs, sampling, schedulers
 from marigold_jax.convert_diffusers import MarigoldFolder, load_folder, save_folder
 from marigold_jax.unet import UNet2DConditionModel
 from marigold_jax.vae import AutoencoderKL
@@ -318,13 +318,22 @@ class MarigoldPipeline:
         return ensemble.normalize_normals(out) if self.modality == "normals" else out
 
 
-def load(path: str, dtype=jnp.float32, remat: bool = False, attention_impl: str = "auto") -> MarigoldPipeline:
-    """Load a diffusers Marigold folder (depth, normals or intrinsics; no torch needed) as a `MarigoldPipeline`.
+def load(path: str, dtype=jnp.float32, remat: bool = False, attention_impl: str = "auto",
+         step: int | None = None) -> MarigoldPipeline:
+    """Load a diffusers Marigold folder (depth, normals or intrinsics; no torch needed) or a Marigold training run
+    directory (checkpoint `step`, the newest when None; its EMA weights when kept; see `run_folder`) as a
+    `MarigoldPipeline`.
 
     `dtype` is the U-Net/VAE compute dtype (parameters stay float32); `attention_impl` "auto" (default:
     "heads_first" on the CPU backend, "xla" elsewhere), "xla" or "heads_first"; `remat` matters only for training.
     """
-    folder = load_folder(path, dtype=dtype, remat=remat, attention_impl=attention_impl)
+    options = dict(dtype=dtype, remat=remat, attention_impl=attention_impl)
+    if runs.is_run_dir(path):
+        folder = run_folder.folder_from_run(path, step, **options)
+    elif step is not None:
+        raise ValueError(f"step={step} applies to training run directories only; {path!r} is a diffusers folder")
+    else:
+        folder = load_folder(path, **options)
     modality = detect_modality(folder.model_index, folder.unet_config, folder.vae.latent_channels)
     return MarigoldPipeline(folder, modality, schedulers.SchedulerConfig.from_dict(folder.scheduler_config))
 

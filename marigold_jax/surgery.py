@@ -21,6 +21,11 @@ from marigold_jax.unet import UNet2DConditionModel
 from marigold_jax.vae import AutoencoderKL
 
 _BASE_PARTS = ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+# stabilityai/stable-diffusion-2 (768-v) scheduler/scheduler_config.json: the noise schedule of a base that brings
+# none (the demo's autoencoder run), so that the demo trains and samples on the real recipe's schedule
+SD2_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+                 "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
+                 "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
 
 @dataclasses.dataclass
@@ -97,7 +102,14 @@ def widen_unet(flat, n_targets):
 
 def training_scheduler(scheduler_config):
     """The Marigold v1.1 noise schedule from the base's scheduler config: its betas and prediction type, rescaled to
-    zero terminal SNR, trailing spacing; as a DDIM config, which is what the trained checkpoint ships for inference."""
+    zero terminal SNR, trailing spacing; as a DDIM config, which is what the trained checkpoint ships for inference.
+    Marigold's objective is v-prediction: a base of another prediction type (e.g. the 512 px epsilon model
+    stable-diffusion-2-base) is refused, since its sampler would read the trained U-Net's output wrongly."""
+    if scheduler_config.get("prediction_type") != "v_prediction":
+        raise ValueError(
+            f"the base's scheduler has prediction_type={scheduler_config.get('prediction_type')!r}; Marigold trains "
+            "v-prediction from the 768-v model: use stabilityai/stable-diffusion-2 (not -base)"
+        )
     config = {**scheduler_config, "_class_name": "DDIMScheduler", "rescale_betas_zero_snr": True,
               "timestep_spacing": "trailing"}
     return schedulers.SchedulerConfig.from_dict(config)

@@ -8,8 +8,9 @@ elements left valid by an 8 x 8 max-pool of invalid pixels (depth and IID appear
 unmasked). `predict` is the released validation: one trailing DDIM step from Gaussian noise, decoded.
 
 `model.base` is either a Stable Diffusion 2 diffusers folder (U-Net, VAE, text encoder: the real recipe) or a run
-directory of the `marigold_vae` task (the demo: its VAE, a fresh U-Net of config `unet`, and an all-zero constant in
-place of the empty-prompt embedding, which is a constant too). Either way the U-Net goes through the same surgery.
+directory of the `marigold_vae` task (the demo: its VAE, a fresh U-Net of config `unet`, SD2's noise schedule, and an
+all-zero constant in place of the empty-prompt embedding, which is a constant too). Either way the U-Net goes through
+the same surgery.
 """
 
 import flax.linen as nn
@@ -21,18 +22,10 @@ from flax import traverse_util
 from marigold_jax import augment, objective, runs, sampling, schedulers, surgery, targets
 from marigold_jax.convert_diffusers import empty_prompt_embedding
 from marigold_jax.vae import AutoencoderKL
+from marigold_jax.vae_training import AutoencoderTask
 
 MASKED = {"depth": True, "normals": False, "iid_appearance": True, "iid_lighting": False}
 PREDICTION_KINDS = {"depth": "depth", "normals": "normals"}  # held-out scoring exists for these
-
-
-def _vae_config_of_run(run_model):
-    """diffusers vae config of a `marigold_vae` run's model arguments."""
-    blocks = list(run_model.get("block_out_channels", (32, 64, 64, 64)))
-    return {"block_out_channels": blocks, "layers_per_block": run_model.get("layers_per_block", 1),
-            "norm_num_groups": run_model.get("groups", 8), "latent_channels": 4,
-            "down_block_types": ["DownEncoderBlock2D"] * len(blocks),
-            "up_block_types": ["UpDecoderBlock2D"] * len(blocks)}
 
 
 class MarigoldTask:
@@ -57,8 +50,8 @@ class MarigoldTask:
         if runs.is_run_dir(base):
             if not unet:
                 raise ValueError(f"{base!r} is a run directory (a VAE only): give model.unet, a U-Net config")
-            self.sd = surgery.BaseFolder(base, dict(unet), _vae_config_of_run(runs.run_config(base)["model"]),
-                                         {}, False)
+            vae_config = AutoencoderTask(**runs.run_config(base)["model"]).config()
+            self.sd = surgery.BaseFolder(base, dict(unet), vae_config, surgery.SD2_SCHEDULER, False)
             self.from_run = True
         else:
             self.sd = surgery.read_base(base)
@@ -86,17 +79,23 @@ class MarigoldTask:
         vae = self.vae.init(k_vae, image)["params"]
         return params, {"vae": vae, "text": text}
 
+    def host_vae(self):
+        """The frozen VAE's params on the host (numpy tree): the base's (a run-directory base: its EMA when kept)."""
+        if self.from_run:
+            return runs.read_weights(self.base)[0]
+        return traverse_util.unflatten_dict(surgery.host_weights(self.sd, "vae", self.vae))
+
+    def host_frozen(self):
+        """The frozen weights on the host: {"vae": `host_vae()`, "text": float32 [1, 2, D] empty-prompt embedding
+        (all zeros for a base without a text encoder, e.g. a run directory: its U-Net is trained on that constant)}."""
+        if self.from_run or not self.sd.has_text_encoder:
+            text = np.zeros((1, 2, self.unet.cross_attention_dim), np.float32)
+        else:
+            text = empty_prompt_embedding(self.base)
+        return {"vae": self.host_vae(), "text": text}
+
     def load_frozen(self, abstract_frozen):
         """The VAE weights and the empty-prompt embedding, read from the base straight into the given shardings."""
-        if self.from_run:
-            tree, _ = runs.read_weights(self.base)
-            flat = traverse_util.flatten_dict(tree)
-            text = np.zeros(abstract_frozen["text"].shape, np.float32)
-        else:
-            flat = surgery.host_weights(self.sd, "vae", self.vae)
-            text = (empty_prompt_embedding(self.base) if self.sd.has_text_encoder
-                    else np.zeros(abstract_frozen["text"].shape, np.float32))
-        host = {"vae": traverse_util.unflatten_dict(flat), "text": text}
 
         def place(a, x):
             if tuple(np.shape(x)) != tuple(a.shape):
@@ -104,7 +103,7 @@ class MarigoldTask:
                                  f"{tuple(a.shape)}; model.base does not match the model config")
             return jax.make_array_from_callback(a.shape, a.sharding, lambda idx: np.asarray(x[idx], a.dtype))
 
-        return jax.tree.map(place, abstract_frozen, host)
+        return jax.tree.map(place, abstract_frozen, self.host_frozen())
 
     def warm_start(self, params):
         """Fresh U-Net params → the base's U-Net after the surgery (an SD2 folder), or the fresh 4-channel U-Net of
@@ -189,6 +188,11 @@ class MarigoldTask:
         if rng is None and self.modality == "normals":
             out["normals"] = np.asarray(sample["normals"], np.float32)
         return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+    def input_images(self, batch):
+        """The network inputs batch["image"] [B, H, W, 3] in [-1, 1] as RGB uint8, for the held-out sample pictures."""
+        rgb = (np.asarray(batch["image"], np.float64) + 1.0) * 127.5
+        return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
     def param_groups(self, params):
         """The whole U-Net is trained: one group "unet"."""

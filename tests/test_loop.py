@@ -119,13 +119,18 @@ def toy_config(**overrides):
             worker_count=0, read_threads=0, read_buffer=4, max_bad_fraction=0.01,
         )
     )
+    return override(c, **overrides)
+
+
+def override(config, **overrides):
+    """`config` with fields set by keyword, their paths written a.b.c (as on the command line)."""
     for path, value in overrides.items():
-        node = c
+        node = config
         *parents, leaf = path.split(".")
         for p in parents:
             node = node[p]
         node[leaf] = value
-    return c
+    return config
 
 
 def toy_iterator(task, batch_size, num_samples=40, seed=0):

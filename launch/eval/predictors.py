@@ -39,8 +39,9 @@ class Dav2Predictor:
 
 
 class MarigoldPredictor:
-    """A Marigold depth or normals pipeline through `marigold_jax.load` (affine-invariant depth in [0, 1] or unit
-    normals), predicting at the input resolution (`match_input_resolution=True`)."""
+    """A Marigold depth or normals pipeline through `marigold_jax.load` (a diffusers folder or a training run;
+    affine-invariant depth in [0, 1] or unit normals), predicting at the input resolution
+    (`match_input_resolution=True`)."""
 
     family = "marigold"
 
@@ -71,11 +72,16 @@ class MarigoldPredictor:
 
 
 def model_family(path):
-    """"marigold" for a diffusers Marigold folder, else "dav2" (anything `dav2_jax.load` reads), without loading."""
+    """"marigold" for a diffusers Marigold folder or a Marigold training run, else "dav2" (anything `dav2_jax.load`
+    reads), without loading weights."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--model {path!r} does not exist: expected a Depth Anything V2 checkpoint (.pth, "
-                                "transformers or dav2_jax folder) or a Marigold diffusers folder")
-    return "marigold" if os.path.isfile(os.path.join(path, "model_index.json")) else "dav2"
+                                "transformers or dav2_jax folder), a Marigold diffusers folder or a training run")
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        return "marigold"
+    from marigold_jax.run_folder import is_marigold_run
+
+    return "marigold" if is_marigold_run(path) else "dav2"
 
 
 def load_predictor(path, dataset_family, input_size=518, steps=None, ensemble=1, processing_resolution=None,
