@@ -17,7 +17,7 @@ def get_config():
     c.optimizer.lr.unet = 6e-5  # released lr
     c.data.sources = {
         "hypersim": dict(reader="hypersim_normals", root="/data/hypersim", weight=0.5),
-        "interiorverse": dict(reader="interiorverse", root="/data/interiorverse", weight=0.49),
+        "interiorverse": dict(reader="interiorverse", root="/data/interiorverse", weight=0.49, targets=("normals",)),
         "sintel": dict(reader="sintel_normals", root="/data/sintel", weight=0.01),
     }  # released prob_ls [0.5, 0.49, 0.01]
     c.eval.source = dict(reader="synthetic", num_samples=100, height=480, width=640, seed=1_000_003, kind="mixed")

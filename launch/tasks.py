@@ -16,7 +16,7 @@ from dav2_jax.metric import MetricTask
 from dav2_jax.student import StudentTask
 from dav2_jax.teacher import TeacherTask
 from launch import sample_grids
-from launch.data import pipeline, sources
+from launch.data import marigold_sources, pipeline, sources
 from launch.eval import metrics, protocols
 from marigold_jax.training import MarigoldTask
 from marigold_jax.vae_training import AutoencoderTask
@@ -53,6 +53,10 @@ READERS = {
     "tartanair": sources.TartanAir,
     "blendedmvs": sources.BlendedMVS,
     "pseudo_labeled": sources.PseudoLabeled,
+    "hypersim_normals": marigold_sources.HypersimNormals,
+    "hypersim_lighting": marigold_sources.HypersimLighting,
+    "interiorverse": marigold_sources.InteriorVerse,
+    "sintel_normals": marigold_sources.SintelNormals,
 }
 
 

@@ -47,7 +47,8 @@ def _random(abstract, seed):
 
 
 def _shapes(task):
-    return nn.unbox(jax.eval_shape(task.init, jax.random.key(0), {"image": np.zeros((1, SIZE, SIZE, 3), np.float32)})[0])
+    example = {"image": np.zeros((1, SIZE, SIZE, 3), np.float32)}
+    return nn.unbox(jax.eval_shape(task.init, jax.random.key(0), example)[0])
 
 
 def _write_run(workdir, config, params, ema, step=1):

@@ -223,7 +223,10 @@ class BlendedMVS(_FileSource):
 class SyntheticScenes:
     """The procedural scenes of `launch.data.synthetic`: sample i is `generate(seed, i, height, width, kind)`.
 
-    Items also carry normals float32 [H, W, 3], albedo float32 [H, W, 3] and shading float32 [H, W].
+    Items also carry the targets of every Marigold modality: normals float32 [H, W, 3], albedo float32 [H, W, 3]
+    (linear) and shading float32 [H, W]; residual float32 [H, W, 3] = linear colour − albedo × shading, clipped at 0
+    (the sky, and rounding of the 8-bit image elsewhere); material float32 [H, W, 3] = (1, 0, 0), roughness 1 and
+    metallicity 0 of the Lambertian surfaces the scenes are rendered with; mask bool [H, W] = valid (no sky).
     """
 
     def __init__(self, num_samples, height, width, seed, kind="mixed"):
@@ -238,6 +241,10 @@ class SyntheticScenes:
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range for {self.num_samples} synthetic scenes")
         out = synthetic.generate(self.seed, int(i), self.height, self.width, self.kind)
+        linear = np.power(out["image"] / np.float32(255.0), np.float32(2.2))
+        out["residual"] = np.maximum(linear - out["albedo"] * out["shading"][..., None], 0).astype(np.float32)
+        out["material"] = np.broadcast_to(np.float32([1.0, 0.0, 0.0]), out["albedo"].shape).copy()
+        out["mask"] = out["valid"].copy()
         out["name"] = f"synthetic/{self.kind}/{self.seed}/{int(i)}"
         return out
 
