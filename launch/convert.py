@@ -18,7 +18,7 @@ import os
 import sys
 
 from launch.eval.predictors import model_family
-from marigold_jax.run_folder import SCHEDULER_EXPORTS, run_task_name
+from marigold_jax.run_folder import RUN_FOLDERS, run_task_name
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
             task = run_task_name(args.input) if os.path.isdir(args.input) else None
             found = f"a run of task {task!r}" if task else "not a diffusers folder (no model_index.json)"
             p.error(f"{args.input} is {found}; --to diffusers exports Marigold folders and runs of the tasks "
-                    f"{sorted(SCHEDULER_EXPORTS)}: use --to jax|official|hf")
+                    f"{sorted(RUN_FOLDERS)}: use --to jax|official|hf")
         import dav2_jax
 
         model, params = dav2_jax.load(args.input, max_depth=args.max_depth, step=args.step)

@@ -10,7 +10,9 @@ Marigold folder comes from the run's `model.base`, read again at export time:
   0, outputs exactly 0 for any input) and a CLIP tokenizer knowing only its two special tokens. diffusers
   tokenises "" as [BOS, EOS], encodes it to zeros [1, 2, D], and so conditions the U-Net exactly as in training.
 The scheduler is the training one (the base's betas rescaled to zero terminal SNR, v-prediction) as the sampler of
-the run's task: `export_scheduler`, one table keyed by the task name.
+the run's task: `export_scheduler`, one table keyed by the task name. Which tasks' runs are Marigold checkpoints, and
+how their folder is assembled, is `RUN_FOLDERS` (task name -> builder); a distillation task adds its builder there
+and its sampler to `SCHEDULER_EXPORTS`.
 """
 
 import dataclasses
@@ -77,7 +79,7 @@ def run_task_name(path, step=None):
 
 def is_marigold_run(path):
     """True when `path` is a run directory of a task whose runs are Marigold checkpoints."""
-    return run_task_name(path) in SCHEDULER_EXPORTS
+    return run_task_name(path) in RUN_FOLDERS
 
 
 def placeholder_text_encoder(hidden_size):
@@ -136,28 +138,18 @@ def _check_base(path, base):
         )
 
 
-def folder_from_run(path, step=None, use_ema=True, dtype=jnp.float32, remat=False, attention_impl="auto"):
-    """A `MarigoldFolder` of the Marigold run directory `path` at checkpoint `step` (newest when None): its U-Net
-    weights (EMA when kept and `use_ema`), the VAE and text encoder of its base, the exported scheduler and
-    `model_index` of the pipeline of its modality. `dtype`, `remat`, `attention_impl` configure the modules."""
-    config = runs.run_config(path, step)
-    task_name = config.get("task")
-    if task_name not in SCHEDULER_EXPORTS:
-        raise ValueError(
-            f"{path!r} is a run of task {task_name!r}, not a Marigold run (expected a run of the tasks "
-            f"{sorted(SCHEDULER_EXPORTS)}); Depth Anything V2 runs load with dav2_jax.load"
-        )
+def _fine_tuned_folder(path, config, weights, options):
+    """The folder of a `marigold` run: the U-Net `weights` on the configs, VAE and text encoder of `model.base`."""
     model = dict(config.get("model", {}))
     _check_base(path, model.get("base", ""))
     task = MarigoldTask(**model)
-    weights, _ = runs.read_weights(path, step, use_ema)
-    options = dict(dtype=dtype, remat=remat, attention_impl=attention_impl)
     unet_config = {"_class_name": "UNet2DConditionModel",
                    **surgery.marigold_unet_config(task.sd.unet_config, task.n_targets)}
     vae_config = {"_class_name": "AutoencoderKL", **task.sd.vae_config}
-    text_config, text_encoder, text_params, tokenizer, embedding = _text_encoder_of_base(task, attention_impl)
+    text_config, text_encoder, text_params, tokenizer, embedding = _text_encoder_of_base(
+        task, options["attention_impl"])
     as_jax = lambda tree: {"params": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), nn.unbox(tree))}
-    scheduler_config = export_scheduler(task_name, task.scheduler)
+    scheduler_config = export_scheduler(config["task"], task.scheduler)
     return MarigoldFolder(
         unet=UNet2DConditionModel.from_config(unet_config, **options),
         unet_params=as_jax(weights),
@@ -173,3 +165,23 @@ def folder_from_run(path, step=None, use_ema=True, dtype=jnp.float32, remat=Fals
         text_encoder_config=text_config,
         tokenizer_files=tokenizer,
     )
+
+
+# task name -> (run directory, its saved config dict, its U-Net weights (numpy tree), module options) -> MarigoldFolder
+RUN_FOLDERS = {"marigold": _fine_tuned_folder}
+
+
+def folder_from_run(path, step=None, use_ema=True, dtype=jnp.float32, remat=False, attention_impl="auto"):
+    """A `MarigoldFolder` of the Marigold run directory `path` at checkpoint `step` (newest when None): its U-Net
+    weights (EMA when kept and `use_ema`) and, by the run's task (`RUN_FOLDERS`), the rest: for `marigold` the VAE
+    and text encoder of its base, the exported scheduler and the `model_index` of the pipeline of its modality.
+    `dtype`, `remat`, `attention_impl` configure the modules."""
+    config = runs.run_config(path, step)
+    task_name = config.get("task")
+    if task_name not in RUN_FOLDERS:
+        raise ValueError(
+            f"{path!r} is a run of task {task_name!r}, not a Marigold run (expected a run of the tasks "
+            f"{sorted(RUN_FOLDERS)}); Depth Anything V2 runs load with dav2_jax.load"
+        )
+    weights, _ = runs.read_weights(path, step, use_ema)
+    return RUN_FOLDERS[task_name](path, config, weights, dict(dtype=dtype, remat=remat, attention_impl=attention_impl))
