@@ -3,9 +3,12 @@ tests of run export, loading, resume and sharding. Sizes: 16 x 16 scenes, a 2-le
 one-level cross-attention U-Net."""
 
 import runpy
+import time
 from pathlib import Path
 
 from test_loop import override
+
+from launch.data import sources
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -14,6 +17,18 @@ TINY_UNET = dict(
     up_block_types=["CrossAttnUpBlock2D"], layers_per_block=1, attention_head_dim=2, cross_attention_dim=16,
     norm_num_groups=4, use_linear_projection=True,
 )
+
+
+class SlowScenes(sources.SyntheticScenes):
+    """Generated scenes read `delay` seconds each, so that a run can be killed between two checkpoints."""
+
+    def __init__(self, num_samples, height, width, seed, kind="mixed", delay=0.0):
+        super().__init__(num_samples, height, width, seed, kind)
+        self.delay = delay
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return super().__getitem__(i)
 
 
 def _scenes(config, seed, num_samples):
