@@ -18,6 +18,7 @@ from dav2_jax.teacher import TeacherTask
 from launch import sample_grids
 from launch.data import marigold_sources, pipeline, sources
 from launch.eval import metrics, protocols
+from marigold_jax.consistency import MarigoldLCMTask
 from marigold_jax.training import MarigoldTask
 from marigold_jax.vae_training import AutoencoderTask
 
@@ -38,12 +39,16 @@ def _marigold(config):
     return MarigoldTask(**config.model)
 
 
+def _marigold_lcm(config):
+    return MarigoldLCMTask(**config.model)
+
+
 def _marigold_vae(config):
     return AutoencoderTask(**config.model)
 
 
 TASKS = {"dav2_teacher": _dav2_teacher, "dav2_student": _dav2_student, "dav2_metric": _dav2_metric,
-         "marigold": _marigold, "marigold_vae": _marigold_vae}
+         "marigold": _marigold, "marigold_lcm": _marigold_lcm, "marigold_vae": _marigold_vae}
 
 READERS = {
     "synthetic": sources.SyntheticScenes,

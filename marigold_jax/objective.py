@@ -1,4 +1,5 @@
-"""Marigold's training objective as pure functions: noising the target latents, v-targets, the masked latent MSE.
+"""Marigold's training objective as pure functions: noising the target latents, v-targets, the masked latent MSE
+(and distillation's masked pseudo-Huber loss).
 
 Kept apart from the task so that distillation (LCM) reuses the same pieces. Layout NHWC; latents [B, h, w, 4T] for
 T targets, pixel masks [B, H, W] with H = 8h, W = 8w.
@@ -26,12 +27,23 @@ def masked_mse(pred, target, mask=None):
     pred, target: [B, h, w, C]; mask: [B, h, w] bool (repeated over channels) or None (all valid). With no valid
     element the loss is 0 with zero gradient (the released code would produce NaN and corrupt the weights).
     """
-    err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+    return _masked_mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), mask)
+
+
+def _masked_mean(err, mask):
+    """Mean of err [B, h, w, C] over the elements where mask [B, h, w] (repeated over C) holds; 0 if none does."""
     if mask is None:
         return err.mean()
     m = mask[..., None].astype(jnp.float32)
-    count = m.sum() * pred.shape[-1]
-    return (err * m).sum() / jnp.maximum(count, 1.0)
+    return (err * m).sum() / jnp.maximum(m.sum() * err.shape[-1], 1.0)
+
+
+def masked_pseudo_huber(pred, target, mask=None, c=1e-3):
+    """Pseudo-Huber loss mean(sqrt((pred - target)^2 + c^2) - c) over the valid latent elements of the whole batch
+    (latent consistency distillation's; about |d| for |d| >> c, d^2 / 2c near 0). Shapes and mask as `masked_mse`;
+    0 with zero gradient when no element is valid."""
+    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    return _masked_mean(jnp.sqrt(jnp.square(diff) + c * c) - c, mask)
 
 
 def sample_timesteps(key, batch, num_train_timesteps=1000):

@@ -43,8 +43,7 @@ def decode_prediction(decoded: jnp.ndarray, modality: str, use_full_z_range: boo
 postprocess = jit(decode_prediction, static_argnames=("modality", "use_full_z_range"))  # on its own, jitted
 
 
-@jit(static_argnames=("unet", "sampler"))
-def denoise(
+def denoise_loop(
     unet: UNet2DConditionModel,
     unet_params,
     sampler: schedulers.Sampler,
@@ -97,6 +96,9 @@ def denoise_step(
     Returns the latents [B, h, w, 4T] at the previous timestep.
     """
     return _step(unet, unet_params, sampler, step_consts, image_latent, latent, text, step_noise)
+
+
+denoise = jit(denoise_loop, static_argnames=("unet", "sampler"))  # on its own, jitted (inside a jit: denoise_loop)
 
 
 def per_target(latent: jnp.ndarray, latent_channels: int = 4) -> jnp.ndarray:

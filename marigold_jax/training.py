@@ -28,6 +28,19 @@ MASKED = {"depth": True, "normals": False, "iid_appearance": True, "iid_lighting
 PREDICTION_KINDS = {"depth": "depth", "normals": "normals"}  # held-out scoring exists for these
 
 
+def place_host(abstract, host, source):
+    """Host arrays `host` placed as the tree of `jax.ShapeDtypeStruct` (with `.sharding`) `abstract` says, each
+    device reading its own shard; `source` (the file or folder they came from) names the culprit of a mismatch."""
+
+    def place(a, x):
+        if tuple(np.shape(x)) != tuple(a.shape):
+            raise ValueError(f"{source!r}: a tensor has shape {np.shape(x)}, the model expects {tuple(a.shape)}; "
+                             "the checkpoint does not match the model config")
+        return jax.make_array_from_callback(a.shape, a.sharding, lambda idx: np.asarray(x[idx], a.dtype))
+
+    return jax.tree.map(place, abstract, host)
+
+
 class MarigoldTask:
     """Fine-tune a Marigold U-Net for `modality` ("depth" | "normals" | "iid_appearance" | "iid_lighting").
 
@@ -35,14 +48,13 @@ class MarigoldTask:
     config (4 channels in and out) for a run-directory base, ignored for an SD2 folder; multi_res_noise: strength
     of the annealed multi-resolution noise (0.9 released; 0 plain Gaussian); quantile: depth normalisation
     quantile (0.02); flip_p: horizontal flip probability; normals_augmentation: the released blur and jitter for
-    normals; dtype, remat, attention_impl: U-Net and VAE compute options.
+    normals; dtype, remat, attention_impl: U-Net and VAE compute options; eval_steps: trailing DDIM steps of
+    `predict` (held-out scoring; the released validation takes 1).
     """
 
     def __init__(self, modality="depth", base="", unet=None, multi_res_noise=0.9, quantile=0.02, flip_p=0.5,
-                 normals_augmentation=True, dtype="float32", remat=False, attention_impl="xla"):
-        self.modality = targets.check_modality(modality)
-        self.n_targets = len(targets.TARGET_NAMES[modality])
-        self.prediction_kind = PREDICTION_KINDS.get(modality)
+                 normals_augmentation=True, dtype="float32", remat=False, attention_impl="xla", eval_steps=1):
+        modality = targets.check_modality(modality)
         if not base:
             raise ValueError("model.base is empty: give a Stable Diffusion 2 diffusers folder or a marigold_vae run")
         self.base = base
@@ -56,12 +68,23 @@ class MarigoldTask:
         else:
             self.sd = surgery.read_base(base)
             self.from_run = False
-        self.unet, self.vae = surgery.build_models(self.sd, self.n_targets, **options)
-        self.factor = 2 ** (len(self.vae.block_out_channels) - 1)  # pixels per latent cell (SD: 8)
-        self.scheduler = surgery.training_scheduler(self.sd.scheduler_config)
-        self.alphas_cumprod = schedulers.alphas_cumprod(self.scheduler)
-        self.plan = schedulers.make_plan(self.scheduler, 1)
+        unet_module, vae = surgery.build_models(self.sd, len(targets.TARGET_NAMES[modality]), **options)
+        self.configure(modality, unet_module, vae, surgery.training_scheduler(self.sd.scheduler_config), quantile,
+                       flip_p, normals_augmentation)
+        self.plan = schedulers.make_plan(self.scheduler, eval_steps)
         self.multi_res_noise = float(multi_res_noise) or None
+
+    def configure(self, modality, unet, vae, scheduler, quantile, flip_p, normals_augmentation):
+        """Set the networks and data settings shared by Marigold's training objectives (also distillation's):
+        `unet`, `vae` modules, the training `scheduler` (`schedulers.SchedulerConfig`), target encoding and
+        augmentation options."""
+        self.modality = targets.check_modality(modality)
+        self.n_targets = len(targets.TARGET_NAMES[modality])
+        self.prediction_kind = PREDICTION_KINDS.get(modality)
+        self.unet, self.vae = unet, vae
+        self.factor = 2 ** (len(self.vae.block_out_channels) - 1)  # pixels per latent cell (SD: 8)
+        self.scheduler = scheduler
+        self.alphas_cumprod = schedulers.alphas_cumprod(self.scheduler)
         self.quantile = quantile
         self.flip_p = flip_p
         self.normals_options = None if normals_augmentation else dict(gaussian_blur_p=0.0, motion_blur_p=0.0,
@@ -96,14 +119,7 @@ class MarigoldTask:
 
     def load_frozen(self, abstract_frozen):
         """The VAE weights and the empty-prompt embedding, read from the base straight into the given shardings."""
-
-        def place(a, x):
-            if tuple(np.shape(x)) != tuple(a.shape):
-                raise ValueError(f"{self.base!r}: a frozen tensor has shape {np.shape(x)}, the model expects "
-                                 f"{tuple(a.shape)}; model.base does not match the model config")
-            return jax.make_array_from_callback(a.shape, a.sharding, lambda idx: np.asarray(x[idx], a.dtype))
-
-        return jax.tree.map(place, abstract_frozen, self.host_frozen())
+        return place_host(abstract_frozen, self.host_frozen(), self.base)
 
     def warm_start(self, params):
         """Fresh U-Net params → the base's U-Net after the surgery (an SD2 folder), or the fresh 4-channel U-Net of
@@ -148,15 +164,16 @@ class MarigoldTask:
         return out.astype(jnp.float32)
 
     def predict(self, params, frozen, batch, rng):
-        """One trailing DDIM step from N(0, I), decoded: depth [B, H, W] in [0, 1] (affine-invariant, 0 near) or
-        normals [B, H, W, 3] unit vectors, or intrinsics [B, H, W, 3T] in [0, 1]."""
+        """`eval_steps` trailing DDIM steps (the released validation: one) from N(0, I), decoded: depth [B, H, W] in
+        [0, 1] (affine-invariant, 0 near) or normals [B, H, W, 3] unit vectors, or intrinsics [B, H, W, 3T] in
+        [0, 1]. The sampler is `self.plan` (`schedulers.make_plan`), so a distilled task samples with LCM."""
         sampler, consts = self.plan
         z_rgb = self.encode(frozen, batch["image"])
         b, h, w, _ = z_rgb.shape
         latent = jax.random.normal(rng, (b, h, w, 4 * self.n_targets), jnp.float32)
-        step_consts = jax.tree.map(lambda c: jnp.asarray(c[0]), consts)
-        out = self.unet_output(params, frozen, z_rgb, latent, jnp.full((b,), step_consts["timesteps"]))
-        latent, _ = schedulers.step(sampler, out, latent, step_consts, None)
+        latent = sampling.denoise_loop(self.unet, {"params": params}, sampler, jax.tree.map(jnp.asarray, consts),
+                                       len(consts["timesteps"]), z_rgb, latent, frozen["text"],
+                                       jax.random.fold_in(rng, 1))
         parts = sampling.per_target(latent)
         decoded = self.vae.apply({"params": frozen["vae"]}, parts / self.vae.scaling_factor,
                                  method=AutoencoderKL.decode).astype(jnp.float32)

@@ -120,6 +120,7 @@ def test_prepare_encodes_targets_and_keeps_ground_truth_for_evaluation(sd2_folde
     held_out = task.prepare(sample, None)
     assert held_out["target"].shape == (16, 24, 3) and held_out["target"].min() == -1 and held_out["target"].max() == 1
     np.testing.assert_array_equal(held_out["depth"], sample["depth"])
+    np.testing.assert_array_equal(task.input_images({"image": held_out["image"][None]})[0], sample["image"])
     train = task.prepare(sample, np.random.default_rng(0))
     assert "depth" not in train and train["image"].dtype == np.float32
     with pytest.raises(ValueError, match="multiples of 2"):
