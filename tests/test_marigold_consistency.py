@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_loop import override
 from test_marigold_convert import depth_folder  # noqa: F401  (fixture)
 from test_marigold_models import nchw, nhwc, randomise, relative_error
 from test_marigold_schedulers import MARIGOLD_V1_1, _diffusers, _run_both
@@ -138,13 +139,7 @@ def lcm_config(teacher, **overrides):
         eval=dict(source=dict(reader="synthetic", num_samples=4, height=16, width=16, seed=5, kind="mixed"),
                   batch_size=4, num_samples=4, min_depth=1e-3, max_depth=1000.0),
     ))
-    for path, value in overrides.items():
-        node = c
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 @pytest.mark.slow
