@@ -30,7 +30,6 @@ from flax import traverse_util
 
 from marigold_jax import objective, runs, schedulers, surgery, targets
 from marigold_jax.convert_diffusers import empty_prompt_embedding, host_params_from_torch, read_component
-from marigold_jax.pipeline import detect_modality
 from marigold_jax.training import MASKED, MarigoldTask, place_host
 from marigold_jax.unet import UNet2DConditionModel
 from marigold_jax.vae import AutoencoderKL
@@ -92,6 +91,8 @@ def _read_json(path):
 def _folder_modality(path, model_index, unet_config, modality):
     """Check that the diffusers Marigold folder at `path` predicts `modality` (our name: depth, normals,
     iid_appearance, iid_lighting)."""
+    from marigold_jax.pipeline import detect_modality  # the pipeline loads runs of this task: a top import is a cycle
+
     found = detect_modality(model_index, unet_config)
     n_targets = unet_config.get("out_channels", 4) // 4
     expected = "intrinsics" if modality.startswith("iid_") else modality

@@ -11,8 +11,10 @@ Marigold folder comes from the run's `model.base`, read again at export time:
   tokenises "" as [BOS, EOS], encodes it to zeros [1, 2, D], and so conditions the U-Net exactly as in training.
 The scheduler is the training one (the base's betas rescaled to zero terminal SNR, v-prediction) as the sampler of
 the run's task: `export_scheduler`, one table keyed by the task name. Which tasks' runs are Marigold checkpoints, and
-how their folder is assembled, is `RUN_FOLDERS` (task name -> builder); a distillation task adds its builder there
-and its sampler to `SCHEDULER_EXPORTS`.
+how their folder is assembled, is `RUN_FOLDERS` (task name -> builder). A `marigold_lcm` run (distillation) is its
+teacher's folder with the student's U-Net and `LCMScheduler` on the teacher's training betas, whose
+`original_inference_steps` is the distillation grid (its sampler depends on the run's `num_ddim_timesteps`, so it
+is built from the run's task rather than from `SCHEDULER_EXPORTS`).
 """
 
 import dataclasses
@@ -27,7 +29,8 @@ from flax import traverse_util
 
 from marigold_jax import runs, surgery
 from marigold_jax.clip import CLIPTextModel
-from marigold_jax.convert_diffusers import MarigoldFolder, abstract_params, read_text_encoder
+from marigold_jax.consistency import MarigoldLCMTask
+from marigold_jax.convert_diffusers import MarigoldFolder, abstract_params, load_folder, read_text_encoder
 from marigold_jax.training import MarigoldTask
 from marigold_jax.unet import UNet2DConditionModel
 from marigold_jax.vae import AutoencoderKL
@@ -167,8 +170,30 @@ def _fine_tuned_folder(path, config, weights, options):
     )
 
 
+def _distilled_folder(path, config, weights, options):
+    """The folder of a `marigold_lcm` run: its teacher's folder (a `marigold` run's, or the diffusers folder) with the
+    student's U-Net `weights`, `LCMScheduler` on the training betas over the distillation grid
+    (`consistency.lcm_scheduler`) and one default step."""
+    model = dict(config.get("model", {}))
+    teacher = model.get("teacher", "")
+    if not os.path.exists(teacher):
+        raise FileNotFoundError(
+            f"the run {path!r} was distilled from model.teacher {teacher!r}, which does not exist from here; its VAE "
+            "and text encoder are read from there: run from the directory training ran in (a relative path is "
+            "relative to it), or make the teacher available at that path"
+        )
+    task = MarigoldLCMTask(**model)
+    folder = folder_from_run(teacher, **options) if runs.is_run_dir(teacher) else load_folder(teacher, **options)
+    scheduler_config = task.sampler_config.to_dict()
+    model_index = {**folder.model_index, "scheduler": ["diffusers", scheduler_config["_class_name"]],
+                   "default_denoising_steps": 1}
+    unet_params = {"params": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), nn.unbox(weights))}
+    return dataclasses.replace(folder, unet_params=unet_params, scheduler_config=scheduler_config,
+                               model_index=model_index)
+
+
 # task name -> (run directory, its saved config dict, its U-Net weights (numpy tree), module options) -> MarigoldFolder
-RUN_FOLDERS = {"marigold": _fine_tuned_folder}
+RUN_FOLDERS = {"marigold": _fine_tuned_folder, "marigold_lcm": _distilled_folder}
 
 
 def folder_from_run(path, step=None, use_ema=True, dtype=jnp.float32, remat=False, attention_impl="auto"):

@@ -1,19 +1,27 @@
 """The `marigold_lcm` task: boundary conditions and sampler against diffusers' LCMScheduler, one distillation
 micro-batch against a PyTorch restatement of the released Marigold-LCM trainer, the EMA target network in the loop,
-and a resumed distillation equal to an uninterrupted one."""
+a resumed distillation equal to an uninterrupted one, and LCM runs exported to diffusers (LCMScheduler), loaded by
+marigold_jax.load and run by launch/infer.py."""
+
+import json
+import runpy
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from marigold_runs import ROOT
+from PIL import Image
 from test_loop import override
 from test_marigold_convert import depth_folder  # noqa: F401  (fixture)
 from test_marigold_models import nchw, nhwc, randomise, relative_error
+from test_marigold_runs import TOL, _diffusers_and_ours, _random, _rgb, _shapes, _write_run, runs  # noqa: F401
 from test_marigold_schedulers import MARIGOLD_V1_1, _diffusers, _run_both
 from test_marigold_training import _frozen
 
-from launch import compare_steps, train
+import marigold_jax
+from launch import compare_steps, convert, infer, train
 from marigold_jax import consistency, objective, schedulers, surgery
 from marigold_jax.convert_diffusers import params_from_torch
 
@@ -178,3 +186,34 @@ def test_a_teacher_of_another_modality_or_kind_is_refused(depth_folder, tmp_path
         consistency.MarigoldLCMTask(teacher=path, modality="normals")
     with pytest.raises(FileNotFoundError, match="neither a training run"):
         consistency.MarigoldLCMTask(teacher=str(tmp_path))
+
+
+def test_exported_lcm_run_runs_in_diffusers_with_lcm_scheduler_as_marigold_jax_load_and_infer_run_it(
+        runs, tmp_path):  # noqa: F811
+    from diffusers import LCMScheduler
+
+    config = runpy.run_path(str(ROOT / "configs" / "demo_marigold_lcm.py"))["get_config"]()
+    config.model.update(teacher=runs["depth"], attention_impl="xla")
+    student = _random(_shapes(consistency.MarigoldLCMTask(**config.model)), 9)
+    run, folder = str(tmp_path / "lcm"), str(tmp_path / "exported")
+    _write_run(run, config, student, {})
+    assert convert.main(["--input", run, "--output", folder, "--to", "diffusers"]) == 0
+    index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "LCMScheduler"] and index["default_denoising_steps"] == 1
+    ref, got = _diffusers_and_ours(folder, run, "depth", steps=1)
+    assert np.abs(ref - got).max() <= TOL * np.ptp(ref)
+
+    loaded = marigold_jax.load(run)
+    jax.tree.map(np.testing.assert_array_equal, loaded.folder.unet_params["params"], student)
+    assert loaded.scheduler.kind == "LCMScheduler" and loaded.scheduler.prediction_type == "v_prediction"
+    shipped = LCMScheduler.from_pretrained(folder, subfolder="scheduler")
+    shipped.set_timesteps(4)
+    assert shipped.timesteps.tolist() == [999, 799, 599, 399]  # the distillation grid
+    np.testing.assert_allclose(shipped.alphas_cumprod.numpy(), schedulers.alphas_cumprod(loaded.scheduler), rtol=1e-6,
+                               atol=1e-6)
+
+    Image.fromarray(_rgb(3)).save(tmp_path / "scene.png")
+    assert infer.main(["--model", run, "--input", str(tmp_path / "scene.png"), "--output", str(tmp_path / "out"),
+                       "--compilation-cache", "off"]) == 0
+    want = loaded.predict_depth(_rgb(3), seed=0).prediction[0, ..., 0]
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "scene.npy"), want)
