@@ -157,7 +157,7 @@ def test_a_run_that_is_not_marigold_is_refused_with_what_to_do(runs, tmp_path, c
     with pytest.raises(SystemExit):
         convert.main(["--input", runs["vae"], "--output", str(tmp_path / "x"), "--to", "diffusers"])
     assert "a run of task 'marigold_vae'; --to diffusers exports Marigold folders and runs of the tasks " \
-           "['marigold']" in capsys.readouterr().err
+           "['marigold', 'marigold_lcm']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="task 'marigold_vae', not a Marigold run"):
         marigold_jax.load(runs["vae"])
     with pytest.raises(SystemExit):
