@@ -9,7 +9,7 @@ annealed multi-resolution noise 0.9, latent MSE masked by 8 x 8 pooling of inval
 (no weight decay, no clipping, no EMA) at 3e-5, effective batch 32, 100 warm-up steps then exponential decay to
 1 % at 25K steps, 30K steps in all. The released trainer runs batches of 2 with 16 accumulation steps on one GPU;
 here the 32 samples of a step are split over the devices (FSDP on a v5p slice). Hypersim trains at 480 x 640 and
-Virtual KITTI at its 352 x 1216 benchmark crop (see docs/marigold.md for what the readers provide today).
+Virtual KITTI at its 352 x 1216 benchmark crop, each global batch from one of them (two compiled step programs).
 """
 
 import ml_collections
@@ -60,9 +60,11 @@ def get_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.sources = ml_collections.ConfigDict({
-        "hypersim": dict(reader="hypersim", root="/data/hypersim", weight=0.9),
-        "vkitti2": dict(reader="vkitti2", root="/data/vkitti2", weight=0.1),
+        "hypersim": dict(reader="hypersim", root="/data/hypersim", weight=0.9, resize=(480, 640),
+                         resize_method="nearest"),  # released: every raster nearest-resized after normalisation
+        "vkitti2": dict(reader="vkitti2", root="/data/vkitti2", weight=0.1, crop=(352, 1216)),  # KITTI crop
     })  # released prob_ls [0.9, 0.1]
+    c.data.batch_per_source = True  # each global batch from one source: one compiled program per source shape
     c.data.worker_count = 8  # Grain worker processes per host
     c.data.read_threads = 4  # reader threads per process
     c.data.read_buffer = 64  # prepared examples buffered per process

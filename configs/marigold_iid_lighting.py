@@ -17,6 +17,7 @@ def get_config():
     c.total_steps = 50_000  # released max_iter ("converges ~34k")
     c.optimizer.lr.unet = 8e-5  # released lr
     c.schedule.decay_end = 45_000  # released total_iter
-    c.data.sources = {"hypersim": dict(reader="hypersim_lighting", root="/data/hypersim", weight=1.0)}
+    c.data.sources = {"hypersim": dict(reader="hypersim_lighting", root="/data/hypersim", weight=1.0,
+                                       resize=(480, 640), resize_method="bilinear")}  # released IID resize
     c.eval_every = 0  # intrinsics have no generic held-out score yet
     return c

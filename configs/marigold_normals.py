@@ -16,9 +16,11 @@ def get_config():
     c.model.modality = "normals"
     c.optimizer.lr.unet = 6e-5  # released lr
     c.data.sources = {
-        "hypersim": dict(reader="hypersim_normals", root="/data/hypersim", weight=0.5),
+        "hypersim": dict(reader="hypersim_normals", root="/data/hypersim", weight=0.5, resize=(480, 640),
+                         resize_method="bilinear"),  # released: bilinear after the augmentations
         "interiorverse": dict(reader="interiorverse", root="/data/interiorverse", weight=0.49, targets=("normals",)),
-        "sintel": dict(reader="sintel_normals", root="/data/sintel", weight=0.01),
+        "sintel": dict(reader="sintel_normals", root="/data/sintel", weight=0.01, resize=(480, 640),
+                       resize_method="bilinear"),  # the reader's 436 x 582 centre crop, then resized
     }  # released prob_ls [0.5, 0.49, 0.01]
     c.eval.source = dict(reader="synthetic", num_samples=100, height=480, width=640, seed=1_000_003, kind="mixed")
     c.eval.num_samples = 96  # a multiple of the eval batch

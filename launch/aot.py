@@ -80,13 +80,17 @@ def topology_devices(topology, num_slices=1):
 
 
 def sample_size(config, override=""):
-    """(height, width) of the generated example scene: --sample_size, else `model.crop`, else the first source's."""
+    """(height, width) of the generated example scene: --sample_size, else `model.crop`, else the first source's
+    (its `resize`, else its `crop`, else its height and width)."""
     if override:
         h, w = (int(v) for v in override.lower().split("x"))
         return h, w
     if "model" in config and "crop" in config.model:
         return int(config.model.crop), int(config.model.crop)
     for entry in dict(config.data.sources).values():
+        for shaped in ("resize", "crop"):
+            if entry.get(shaped):
+                return tuple(int(v) for v in entry[shaped])
         if "height" in entry and "width" in entry:
             return int(entry["height"]), int(entry["width"])
     raise ValueError("the config has no model.crop and no source with height/width: pass --sample_size HxW")

@@ -16,7 +16,7 @@ from dav2_jax.metric import MetricTask
 from dav2_jax.student import StudentTask
 from dav2_jax.teacher import TeacherTask
 from launch import sample_grids
-from launch.data import marigold_sources, pipeline, sources
+from launch.data import marigold_sources, pipeline, shaping, sources
 from launch.eval import metrics, protocols
 from marigold_jax.consistency import MarigoldLCMTask
 from marigold_jax.training import MarigoldTask
@@ -82,9 +82,12 @@ def build_task(config):
 
 
 def build_source(name, entry):
-    """One reader from a config entry {reader (default: the entry's name), weight, **reader arguments}."""
-    kwargs = {k: v for k, v in dict(entry).items() if k not in ("reader", "weight")}
-    return lookup(entry.get("reader", name), READERS, "data reader")(**kwargs)
+    """One reader from a config entry {reader (default: the entry's name), weight, crop, resize, resize_method,
+    **reader arguments}; with `crop`, its samples cut to that size (`shaping.Cropped`). `resize` acts on prepared
+    examples: see `build_train_data`."""
+    kwargs = {k: v for k, v in dict(entry).items() if k not in ("reader", "weight", *shaping.SHAPING_FIELDS)}
+    source = lookup(entry.get("reader", name), READERS, "data reader")(**kwargs)
+    return shaping.Cropped(source, entry["crop"]) if entry.get("crop") else source
 
 
 def build_train_data(config, task):
@@ -95,12 +98,33 @@ def build_train_data(config, task):
     names = sorted(entries)
     srcs = [build_source(name, entries[name]) for name in names]
     weights = [float(entries[name].get("weight", 1.0)) for name in names]
-    dataset = pipeline.mixture(srcs, weights, config.seed, config.data.max_bad_fraction, names)
+    if config.data.get("batch_per_source", False):
+        dataset = pipeline.per_source_batches(srcs, weights, config.seed, config.batch_size,
+                                              config.data.max_bad_fraction, names)
+        prepare = [_resized(task.prepare, name, entries[name]) for name in names]
+    else:
+        resized = [name for name in names if entries[name].get("resize")]
+        if resized:
+            raise ValueError(f"data.sources {resized} set `resize`, which needs --config.data.batch_per_source=True "
+                             "(per-source prepare); or drop the resize")
+        dataset = pipeline.mixture(srcs, weights, config.seed, config.data.max_bad_fraction, names)
+        prepare = task.prepare
     iterator = pipeline.train_iterator(
-        dataset, task.prepare, config.seed, config.batch_size, config.data.worker_count,
+        dataset, prepare, config.seed, config.batch_size, config.data.worker_count,
         config.data.read_threads, config.data.read_buffer,
     )
-    return iterator, pipeline.example_batch(srcs[0], task.prepare)
+    first = prepare[0] if isinstance(prepare, list) else prepare
+    return iterator, pipeline.example_batch(srcs[0], first)
+
+
+def _resized(prepare, name, entry):
+    """`prepare`, followed by the entry's `resize` (H, W) with its `resize_method` when it has one."""
+    if not entry.get("resize"):
+        return prepare
+    if entry.get("resize_method") not in shaping.METHODS:
+        raise ValueError(f"data.sources.{name}.resize needs resize_method in {shaping.METHODS}, got "
+                         f"{entry.get('resize_method')!r}")
+    return shaping.Resized(prepare, entry["resize"], entry["resize_method"])
 
 
 def _score(kind, prediction, batch, spec):

@@ -139,6 +139,9 @@ class MarigoldTask:
         VAE's downsampling factor, 8 for SD's)."""
         b, h, w, c = images.shape
         k, f = c // 3, self.factor
+        if h % f or w % f:
+            raise ValueError(f"this Marigold model needs image sides that are multiples of {f}, got {h} x {w}; give "
+                             "the source a crop or a resize (data.sources.NAME.crop / resize, see docs/data.md)")
         x = images.reshape(b, h, w, k, 3).transpose(0, 3, 1, 2, 4).reshape(b * k, h, w, 3)
         z = self.vae.apply({"params": frozen["vae"]}, x, method=AutoencoderKL.encode_mean) * self.vae.scaling_factor
         z = z.astype(jnp.float32)
@@ -190,10 +193,6 @@ class MarigoldTask:
         """Host side: a source sample → image [H, W, 3] and target [H, W, 3T] in [-1, 1] float32, valid [H, W]
         bool; held-out (rng None, no augmentation) also the ground truth: depth [H, W] metres or normals."""
         image = np.asarray(sample["image"])
-        h, w = image.shape[:2]
-        if h % self.factor or w % self.factor:
-            raise ValueError(f"this Marigold model needs image sides that are multiples of {self.factor}, got "
-                             f"{h} x {w}; resize or crop in the reader")
         target, valid = targets.encode_target(sample, self.modality, self.quantile)
         if rng is not None:
             image, target, valid = augment.augment(image, target, valid, self.modality, rng, self.flip_p,
