@@ -71,10 +71,15 @@ def regenerate(rows=ROWS, doc=DOC):
     """Compile every row whose config exists and rewrite the table in `doc`; returns the reports."""
     todo = [row for row in rows if (ROOT / row[0]).exists()]
     reports = [run_row(*row) for row in tqdm(todo, desc="AOT compiles", unit="config")]
+    write_table(reports, doc)
+    return reports
+
+
+def write_table(reports, doc=DOC):
+    """Replace the table between the markers of `doc` by one row per report (`launch/aot.py --json` objects)."""
     table = "\n".join([HEADER, *map(format_row, reports)])
     text = doc.read_text()
     if BEGIN not in text or END not in text:
         raise ValueError(f"{doc} lacks the markers {BEGIN} / {END} between which the table is written")
     head, rest = text.split(BEGIN, 1)
     doc.write_text(head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1])
-    return reports

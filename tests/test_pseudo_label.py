@@ -140,6 +140,31 @@ def test_killed_run_restarted_labels_every_image_exactly_once(teacher, tmp_path)
     assert not list((output / "shards").glob("*.tmp"))
 
 
+@pytest.mark.slow
+def test_two_processes_label_each_image_once_with_the_labels_of_one_process(teacher, tmp_path):
+    from test_pod_runtime import _env, _free_port
+
+    def command(output):
+        return [sys.executable, str(ROOT / "launch" / "pseudo_label.py"), "--model", teacher[0], "--input",
+                "synthetic", "--num-images", "10", "--synthetic-size", "28x42", "--output", str(output),
+                "--input-size", str(SIZE), "--batch-size", "2", "--shard-size", "2"]
+
+    one = subprocess.run(command(tmp_path / "one"), env=_env(), capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-2000:]
+    port, logs = _free_port(), [(tmp_path / f"process_{i}.txt").open("w") for i in range(2)]
+    procs = [subprocess.Popen(command(tmp_path / "two"), stdout=logs[i], stderr=logs[i], env=_env(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+        for i in range(2)]
+    assert [p.wait(timeout=900) for p in procs] == [0, 0], (tmp_path / "process_1.txt").read_text()[-2000:]
+    for i in range(2):  # process i labelled shards i, i + 2, ...: 3 shards of 2 images and 2 shards
+        assert f"labelled {6 if i == 0 else 4} images" in (tmp_path / f"process_{i}.txt").read_text()
+    alone, together = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert [r["name"] for r in together] == [f"synthetic/mixed/2/{i}" for i in range(10)]
+    for a, b in zip(alone, together):
+        assert a["image"] == b["image"]
+        np.testing.assert_array_equal(a["disparity"], b["disparity"])
+
+
 def test_resuming_with_other_settings_is_refused(teacher, labelled, photos):
     with pytest.raises(ValueError, match="input_size: 28 -> 42"):
         pseudo_label.main(["--model", teacher[0], "--input", str(photos), "--output", str(labelled),
