@@ -152,12 +152,15 @@ def test_two_processes_label_each_image_once_with_the_labels_of_one_process(teac
     one = subprocess.run(command(tmp_path / "one"), env=_env(), capture_output=True, text=True, timeout=900)
     assert one.returncode == 0, one.stderr[-2000:]
     port, logs = _free_port(), [(tmp_path / f"process_{i}.txt").open("w") for i in range(2)]
-    procs = [subprocess.Popen(command(tmp_path / "two"), stdout=logs[i], stderr=logs[i], env=_env(
-        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-        for i in range(2)]
+    procs = []
+    for i in range(2):
+        env = _env(JAX_NUM_CPU_DEVICES="1")
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen(command(tmp_path / "two"), stdout=logs[i], stderr=logs[i], env=env))
     assert [p.wait(timeout=900) for p in procs] == [0, 0], (tmp_path / "process_1.txt").read_text()[-2000:]
     for i in range(2):  # process i labelled shards i, i + 2, ...: 3 shards of 2 images and 2 shards
         assert f"labelled {6 if i == 0 else 4} images" in (tmp_path / f"process_{i}.txt").read_text()
+        assert f"on process {i};" in (tmp_path / f"process_{i}.txt").read_text()
     alone, together = _records(tmp_path / "one"), _records(tmp_path / "two")
     assert [r["name"] for r in together] == [f"synthetic/mixed/2/{i}" for i in range(10)]
     for a, b in zip(alone, together):

@@ -1,5 +1,6 @@
-"""The student and metric tasks on the real ViT-S, in bfloat16 with remat as the big configs run them: DP, FSDP and
-FSDP + TP on 8 simulated devices train like one device; a student run killed with SIGKILL resumes bit-identically.
+"""The student and metric tasks on the real ViT-S with remat as the big configs run them: DP, FSDP and FSDP + TP on
+8 simulated devices train like one device (float32: every step; bfloat16, the big configs' compute: the first step
+under FSDP); a bfloat16 student run killed with SIGKILL resumes bit-identically.
 
 The 8 devices exist only in a subprocess (the device count is fixed when JAX starts), which pseudo-labels 32
 generated images with a random-weight ViT-S, trains each task under every sharding for a few steps and reports
@@ -19,7 +20,7 @@ import pytest
 from test_pod_runtime import _env, _records, _wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 4
+STEPS = 3
 
 SCRIPT = textwrap.dedent(
     """
@@ -50,26 +51,30 @@ SCRIPT = textwrap.dedent(
         config = runpy.run_path(os.path.join(root, "configs", name + ".py"))["get_config"]()
         config.update_from_flattened_dict({
             "total_steps": steps, "batch_size": 8, "log_every": 1, "eval_every": 0, "checkpoint_every": 100,
-            "model.crop": 28, "model.dtype": "bfloat16", "model.remat": True, "model.encoder_from": relative,
-            "schedule.warmup_steps": 0, **overrides})
+            "model.crop": 28, "model.remat": True, "model.encoder_from": relative, "schedule.warmup_steps": 0,
+            **overrides})
         return config
 
-    CONFIGS = {
+    TASKS = {
         "student": ("demo_student", {"model.feature_teacher": relative, "data.sources.pseudo.root": pseudo}),
         "metric": ("demo_metric", {"data.sources.rooms.height": 28, "data.sources.rooms.width": 42,
                                    "data.sources.rooms.num_samples": 64}),
     }
+    PLAN = [(task, dtype, run) for task in TASKS for dtype, runs in
+            [("float32", ["one_device", "dp", "fsdp", "fsdp_tp"]), ("bfloat16", ["one_device", "fsdp"])]
+            for run in runs]
     report = {}
-    for task_name, (config_name, task_overrides) in CONFIGS.items():
-        for run_name, mesh_overrides in RUNS.items():
-            config = config_of(config_name, {**task_overrides, **mesh_overrides})
-            task = tasks.build_task(config)
-            iterator, example = tasks.build_train_data(config, task)
-            workdir = tempfile.mkdtemp(dir=out)
-            devices = jax.devices()[:1] if run_name == "one_device" else None
-            loop.train(config, task, iterator, example, workdir, devices=devices)
-            records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-            report[f"{task_name}/{run_name}"] = {key: [r[key] for r in records] for key in ("loss", "grad_norm")}
+    for task_name, dtype, run_name in PLAN:
+        config_name, task_overrides = TASKS[task_name]
+        config = config_of(config_name, {**task_overrides, **RUNS[run_name], "model.dtype": dtype})
+        task = tasks.build_task(config)
+        iterator, example = tasks.build_train_data(config, task)
+        workdir = tempfile.mkdtemp(dir=out)
+        devices = jax.devices()[:1] if run_name == "one_device" else None
+        loop.train(config, task, iterator, example, workdir, devices=devices)
+        records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        report[f"{task_name}/{dtype}/{run_name}"] = {key: [r[key] for r in records] for key in ("loss", "grad_norm")}
+        print(task_name, dtype, run_name, report[f"{task_name}/{dtype}/{run_name}"], file=sys.stderr, flush=True)
     print("REPORT" + json.dumps(report))
     """
 )
@@ -86,13 +91,22 @@ def report(tmp_path_factory):
     return json.loads(line[len("REPORT"):])
 
 
-# Tolerance. Under DP and FSDP every example's forward and backward pass is the one device's computation on
-# gathered weights; only the float32 sums over the batch and over devices change order, and the bfloat16 roundings
-# of weights and activations that such a 1-ulp float32 difference can flip after an update. Under FSDP + TP the
-# contractions over the tensor-sharded hidden units are also summed in two halves. Both perturb each loss and
-# gradient norm by a few bfloat16 roundings of quantities of its own size: we allow 4 bfloat16 ulps (4 * 2^-8,
-# relative). A sharding error (a missing all-reduce, a mean over a shard, the wrong rows of the batch) changes
-# the gradient by a factor of 2 or more, or the loss by the spread between batches, which is far larger.
+# Tolerances. In float32, every sharding computes each example's forward and backward pass as one device does, on
+# the same (gathered) weights; what changes is the order of float32 sums: over the batch and the devices (DP, FSDP),
+# and over the two halves of each tensor-sharded contraction (FSDP + TP). At the first step the weights are equal,
+# so the loss and the gradient norm differ only by reordered sums: about sqrt(n) * eps relative for n = 8 * 28 * 28
+# pixels summed per step; we allow 16 times that (1.5e-4; measured 2e-7). From the second step on, Adam's first
+# update, g / |g| elementwise, has turned rounding-level differences of near-zero gradient elements into whole
+# learning-rate steps of those weights, so later steps get a bound that only a real error exceeds: 1 % relative.
+# A sharding error is larger still: a missing all-reduce of the gradients changes its norm by about sqrt(8), rows
+# read by the wrong device change the loss by the spread between batches (more than 10 % between steps here), and
+# lost or misplaced optimizer moments change the update of every weight.
+# In bfloat16 the per-device batch changes the shapes of the products, hence their bfloat16 roundings (2^-8
+# relative each), which the depth loss's median / mean-absolute-deviation normalisation of a random network's
+# near-constant output amplifies (measured 1.1 % at the first step under DP): only the first step under FSDP is
+# compared, within 8 bfloat16 ulps; the float32 runs are the exact check of the sharding itself.
+FIRST_STEP_RTOL = 16 * float(np.finfo(np.float32).eps) * np.sqrt(8 * 28 * 28)
+LATER_STEPS_RTOL = 1e-2
 BF16_ULP = 2.0 ** -8
 
 
@@ -100,10 +114,19 @@ BF16_ULP = 2.0 ** -8
 @pytest.mark.parametrize("task", ["student", "metric"])
 @pytest.mark.parametrize("sharding", ["dp", "fsdp", "fsdp_tp"])
 def test_real_vits_task_sharded_on_8_devices_trains_like_one_device(report, task, sharding):
-    reference, sharded = report[f"{task}/one_device"], report[f"{task}/{sharding}"]
+    reference, sharded = report[f"{task}/float32/one_device"], report[f"{task}/float32/{sharding}"]
     assert len(reference["loss"]) == STEPS
     for key in ("loss", "grad_norm"):
-        np.testing.assert_allclose(sharded[key], reference[key], rtol=4 * BF16_ULP, err_msg=key)
+        np.testing.assert_allclose(sharded[key][0], reference[key][0], rtol=FIRST_STEP_RTOL, err_msg=key)
+        np.testing.assert_allclose(sharded[key], reference[key], rtol=LATER_STEPS_RTOL, err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["student", "metric"])
+def test_bfloat16_fsdp_first_step_matches_one_device_to_bfloat16_rounding(report, task):
+    reference, sharded = report[f"{task}/bfloat16/one_device"], report[f"{task}/bfloat16/fsdp"]
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(sharded[key][0], reference[key][0], rtol=8 * BF16_ULP, err_msg=key)
 
 
 @pytest.fixture(scope="module")
