@@ -102,15 +102,20 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _two_processes(config_file, workdir, log_dir, *extra):
+def launch_two_processes(command, log_dir):
+    """`command` started as processes 0 and 1 of one JAX cluster on CPU, logging to log_dir/process_{i}.txt."""
     port = _free_port()
     procs = []
     for i in range(2):
         log = (log_dir / f"process_{i}.txt").open("a")
         env = _env(JAX_NUM_CPU_DEVICES="1")
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen(_train_command(config_file, workdir, *extra), env=env, stdout=log, stderr=log))
+        procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
     return procs
+
+
+def _two_processes(config_file, workdir, log_dir, *extra):
+    return launch_two_processes(_train_command(config_file, workdir, *extra), log_dir)
 
 
 def _logs(log_dir):

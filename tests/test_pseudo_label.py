@@ -142,7 +142,7 @@ def test_killed_run_restarted_labels_every_image_exactly_once(teacher, tmp_path)
 
 @pytest.mark.slow
 def test_two_processes_label_each_image_once_with_the_labels_of_one_process(teacher, tmp_path):
-    from test_pod_runtime import _env, _free_port
+    from test_pod_runtime import _env, launch_two_processes
 
     def command(output):
         return [sys.executable, str(ROOT / "launch" / "pseudo_label.py"), "--model", teacher[0], "--input",
@@ -151,12 +151,7 @@ def test_two_processes_label_each_image_once_with_the_labels_of_one_process(teac
 
     one = subprocess.run(command(tmp_path / "one"), env=_env(), capture_output=True, text=True, timeout=900)
     assert one.returncode == 0, one.stderr[-2000:]
-    port, logs = _free_port(), [(tmp_path / f"process_{i}.txt").open("w") for i in range(2)]
-    procs = []
-    for i in range(2):
-        env = _env(JAX_NUM_CPU_DEVICES="1")
-        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen(command(tmp_path / "two"), stdout=logs[i], stderr=logs[i], env=env))
+    procs = launch_two_processes(command(tmp_path / "two"), tmp_path)
     assert [p.wait(timeout=900) for p in procs] == [0, 0], (tmp_path / "process_1.txt").read_text()[-2000:]
     for i in range(2):  # process i labelled shards i, i + 2, ...: 3 shards of 2 images and 2 shards
         assert f"labelled {6 if i == 0 else 4} images" in (tmp_path / f"process_{i}.txt").read_text()
