@@ -27,9 +27,14 @@ def masked_median(x, mask):
     b = x.shape[0]
     flat = jnp.where(mask, x, jnp.inf).reshape(b, -1)
     count = mask.reshape(b, -1).sum(axis=1)
-    ordered = jnp.sort(flat, axis=1)
-    lower = jnp.take_along_axis(ordered, jnp.maximum((count - 1) // 2, 0)[:, None], axis=1)[:, 0]
-    upper = jnp.take_along_axis(ordered, jnp.maximum(count // 2, 0)[:, None], axis=1)[:, 0]
+    # The order carries no gradient: only the one or two middle pixels do, selected from `flat` by position.
+    # Differentiating the sort (or a gather from `flat`) instead scatters the gradient through the permutation, on
+    # TPU a scatter over the whole batch of maps that the compiler offloads and cannot cost. Same value, same
+    # gradient (a stable order, as the sort's).
+    order = jnp.argsort(jax.lax.stop_gradient(flat), axis=1, stable=True)
+    middle = jnp.stack([jnp.maximum((count - 1) // 2, 0), jnp.maximum(count // 2, 0)], axis=1)
+    picked = jnp.arange(flat.shape[1]) == jnp.take_along_axis(order, middle, axis=1)[:, :, None]  # [B, 2, H·W]
+    lower, upper = jnp.where(picked, flat[:, None, :], 0.0).sum(axis=2).T
     lower = jnp.where(count > 0, lower, 0.0)
     upper = jnp.where(count > 0, upper, 0.0)
     return 0.5 * (lower + upper)

@@ -33,7 +33,7 @@ from absl import app, flags  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import loop, model_flops, tasks  # noqa: E402
+from launch import hlo_cost, loop, model_flops, tasks  # noqa: E402
 from launch.data import synthetic  # noqa: E402
 from launch.optimizer import trained_mask  # noqa: E402
 
@@ -41,13 +41,17 @@ GIB = 2 ** 30
 
 
 # Per JAX device: bf16 dense peak (TFLOP/s), HBM budget (GiB: usable HBM less ~10 % for fragmentation and the
-# runtime), HBM bandwidth (GB/s), JAX devices per chip; topology-name prefix -> figures (Cloud TPU documentation).
+# runtime), HBM bandwidth (GB/s), ICI bandwidth per chip (GB/s, both directions), TensorCore clock (GHz; None where
+# not published), JAX devices per chip; topology-name prefix -> figures (Cloud TPU documentation).
 CHIPS = {
-    "v5p": dict(peak_tflops=459.0, budget_gib=85.0, hbm_gbps=2765.0, devices_per_chip=1),
-    "v5e": dict(peak_tflops=197.0, budget_gib=14.0, hbm_gbps=819.0, devices_per_chip=1),
-    "v6e": dict(peak_tflops=918.0, budget_gib=28.0, hbm_gbps=1638.0, devices_per_chip=1),
-    "v4": dict(peak_tflops=275.0, budget_gib=28.0, hbm_gbps=1200.0, devices_per_chip=1),
-    "tpu7x": dict(peak_tflops=1153.5, budget_gib=85.0, hbm_gbps=3700.0, devices_per_chip=2),
+    "v5p": dict(peak_tflops=459.0, budget_gib=85.0, hbm_gbps=2765.0, ici_gbps=600.0, clock_ghz=1.75,
+                devices_per_chip=1),
+    "v5e": dict(peak_tflops=197.0, budget_gib=14.0, hbm_gbps=819.0, ici_gbps=200.0, clock_ghz=1.5, devices_per_chip=1),
+    "v6e": dict(peak_tflops=918.0, budget_gib=28.0, hbm_gbps=1638.0, ici_gbps=448.0, clock_ghz=1.75,
+                devices_per_chip=1),
+    "v4": dict(peak_tflops=275.0, budget_gib=28.0, hbm_gbps=1200.0, ici_gbps=300.0, clock_ghz=1.05, devices_per_chip=1),
+    "tpu7x": dict(peak_tflops=1153.5, budget_gib=85.0, hbm_gbps=3700.0, ici_gbps=1200.0, clock_ghz=None,
+                  devices_per_chip=2),
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file (a get_config() Python file)")
@@ -182,10 +186,13 @@ def plan(config, topology, num_slices=1, mode="train", sample_override=""):
                + mem.temp_size_in_bytes)
     hbm = max(counted, getattr(mem, "peak_memory_in_bytes", 0)) / GIB
     report.update(activations_gib=mem.temp_size_in_bytes / GIB, hbm_gib=hbm, fits=hbm <= chip["budget_gib"])
-    report.update(step_time(compiled, chip, model_step / len(devices)))
+    report.update(step_time(compiled, chip, model_step / len(devices), len(devices)))
     step = report["step_seconds"]
     if step:
         report["mfu"] = model_step / (len(devices) * chip["peak_tflops"] * 1e12 * step)
+        if report.get("cost_model_seconds"):
+            report["mfu_cost_model"] = model_step / (len(devices) * chip["peak_tflops"] * 1e12
+                                                     * report["cost_model_seconds"])
         report["images_per_second_per_chip"] = config.batch_size / step / report["chips"]
         if mode == "train":
             report["schedule_hours"] = config.total_steps * step / 3600
@@ -194,26 +201,38 @@ def plan(config, topology, num_slices=1, mode="train", sample_override=""):
     return report
 
 
-def step_time(compiled, chip, model_flops_per_device):
-    """The cost model's step time (`optimal_seconds`) of the compiled program, and where it came from.
+def step_time(compiled, chip, model_flops_per_device, devices):
+    """Step time of the compiled program, and where it came from.
 
-    The cost model reads a loop body once, so a program with a `while` loop gets no step time. When the cost model
-    declines (a negative value), the step time is the roofline bound max(FLOPs / peak, HBM bytes / bandwidth) of
-    the per-device counts, labelled "roofline"; the FLOPs are the larger of XLA's count (recomputation included)
-    and the model FLOPs (XLA's count can be the smaller: it skips some convolutions), so MFU never exceeds 1.
+    Preferred: the compiler's per-operation estimates summed over the program (`launch.hlo_cost`: compute, and
+    communication at the ICI bandwidth assumed overlapped with it). Where the chip's clock is not known, the cost
+    model's `optimal_seconds`; where that declines too (a negative value), the roofline bound
+    max(FLOPs / peak, HBM bytes / bandwidth) of the per-device counts, with FLOPs the larger of XLA's count
+    (recomputation included) and the model FLOPs. `optimal_seconds` is reported beside the per-operation estimate:
+    it is a bound that overlaps everything (a 32768×8192 by 8192×8192 product: per-op 2.66 ms, cost model 2.79 ms;
+    a bilinear resize with its layout copies: per-op 2.9 ms, cost model 0.63 ms).
+    A program with a `while` loop gets no step time: its body would be counted once.
     """
-    if re.search(r"\bwhile\(", compiled.as_text()):
+    text = compiled.as_text()
+    if re.search(r"\bwhile\(", text):
         return dict(step_seconds=None, step_source="none: the program loops (scan), the cost model counts it once")
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    xla = dict(xla_tflops_per_device=cost.get("flops", 0.0) / 1e12, xla_hbm_gb_per_device=cost.get(
-        "bytes accessed", 0.0) / 1e9)
-    seconds = cost.get("optimal_seconds", -1.0)
-    if seconds > 0:
-        return dict(step_seconds=seconds, step_source="cost model", **xla)
+    optimal = cost.get("optimal_seconds", -1.0)
+    out = dict(xla_tflops_per_device=cost.get("flops", 0.0) / 1e12,
+               xla_hbm_gb_per_device=cost.get("bytes accessed", 0.0) / 1e9,
+               cost_model_seconds=optimal if optimal > 0 else None)
+    if chip["clock_ghz"]:
+        ops = hlo_cost.estimate(text, chip["clock_ghz"] * 1e9, chip["ici_gbps"] * 1e9 / 2, devices)
+        out.update(step_seconds=ops["step_seconds"], step_source=f"per-op estimate ({ops['bound']} bound)",
+                   compute_seconds=ops["compute_seconds"], communication_seconds=ops["communication_seconds"],
+                   collective_gb_per_device=ops["collective_gb"], unestimated_ops=ops["unestimated"])
+        return out
+    if optimal > 0:
+        return dict(out, step_seconds=optimal, step_source="cost model")
     flops = max(cost.get("flops", 0.0), model_flops_per_device)
     roof = max(flops / (chip["peak_tflops"] * 1e12), cost.get("bytes accessed", 0.0) / (chip["hbm_gbps"] * 1e9))
-    return dict(step_seconds=roof, step_source=f"roofline (cost model declined: {seconds:.3g})", **xla)
+    return dict(out, step_seconds=roof, step_source=f"roofline (cost model declined: {optimal:.3g})")
 
 
 def format_report(r):
@@ -230,9 +249,17 @@ def format_report(r):
     if r.get("error"):
         lines.append(f"compiler: {r['error']}")
     if r.get("step_seconds"):
-        lines.append(f"step time ({r['step_source']}): {r['step_seconds'] * 1e3:.1f} ms; cost-model MFU "
+        lines.append(f"step time ({r['step_source']}): {r['step_seconds'] * 1e3:.1f} ms; estimated MFU "
                      f"{100 * r['mfu']:.1f} %; {r['images_per_second_per_chip']:.1f} images/s/chip"
                      + (f"; full schedule {r['schedule_hours']:.1f} h" if "schedule_hours" in r else ""))
+        if "compute_seconds" in r:
+            lines.append(f"  compute {r['compute_seconds'] * 1e3:.1f} ms, communication "
+                         f"{r['communication_seconds'] * 1e3:.1f} ms ({r['collective_gb_per_device']:.2f} GB per "
+                         "device), operations without an estimate "
+                         f"(not counted): {r['unestimated_ops'] or 'none'}")
+        if r.get("cost_model_seconds"):
+            lines.append(f"  cost model's bound (overlaps everything): {r['cost_model_seconds'] * 1e3:.1f} ms, MFU "
+                         f"{100 * r['mfu_cost_model']:.1f} %")
     elif "step_source" in r:
         lines.append(f"step time: {r['step_source']}")
     lines.append(f"compiled in {r['compile_seconds']:.0f} s")

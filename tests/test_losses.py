@@ -30,6 +30,26 @@ def test_masked_median_matches_numpy_over_valid_pixels():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("h", [7, 8])  # odd and even numbers of valid pixels per image
+def test_masked_median_gradient_is_that_of_sorting(h):
+    """The gradient reaches the middle pixel(s) of a stable sort, as when differentiating `jnp.sort`, ties included."""
+    pred, _, mask = _random_case(1, b=3, h=h, w=5)
+    pred = jnp.round(pred * 4) / 4  # many ties
+    weights = jnp.array([1.0, -2.0, 3.0])
+
+    def through_sort(x):
+        flat = jnp.where(mask, x, jnp.inf).reshape(3, -1)
+        count = mask.reshape(3, -1).sum(axis=1)
+        ordered = jnp.sort(flat, axis=1)
+        lower = jnp.take_along_axis(ordered, ((count - 1) // 2)[:, None], axis=1)[:, 0]
+        upper = jnp.take_along_axis(ordered, (count // 2)[:, None], axis=1)[:, 0]
+        return jnp.sum(weights * 0.5 * (lower + upper))
+
+    got = jax.grad(lambda x: jnp.sum(weights * losses.masked_median(x, mask)))(pred)
+    np.testing.assert_array_equal(got, jax.grad(through_sort)(pred))
+    assert np.count_nonzero(np.asarray(got)) >= 3
+
+
 def test_depth_loss_hand_computed_row():
     pred = jnp.array([[[0.0, 1.0, 2.0, 3.0]]])  # normalised: -1.5 -0.5 0.5 1.5
     target = jnp.array([[[1.0, 2.0, 3.0, 10.0]]])  # normalised: -0.6 -0.2 0.2 3.0
