@@ -2,7 +2,7 @@
 
     python launch/aot.py --config configs/teacher_g.py --topology v5p:2x2x2 [--num_slices N] [--json]
         [--mode train|infer] [--config.a.b=value ...]
-    python launch/aot.py --table          # recompile every row of the docs/tpu.md table and rewrite it
+    python launch/aot.py --table [--table_reports DIR]   # recompile the docs/tpu.md table and rewrite it
 
 Compiles the very train step `launch/train.py` runs (`launch.loop.prepare_training`: same mesh, shardings and
 donation) for the TPU topology with libtpu (`pip install -e '.[tpu]'`), from abstract arrays only: no parameter
@@ -60,7 +60,9 @@ _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "slices joined by the data-c
 _JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of the human-readable report")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "infer"], "train step, or the task's predict (inference)")
 _SAMPLE = flags.DEFINE_string("sample_size", "", "HxW of the generated example scene (default: the config's crop)")
+_DUMP_HLO = flags.DEFINE_string("dump_hlo", "", "write the compiled program's optimised HLO text to this file")
 _TABLE = flags.DEFINE_bool("table", False, "recompile every row of the docs/tpu.md table and rewrite it")
+_TABLE_REPORTS = flags.DEFINE_string("table_reports", "", "with --table: keep each row's report here and reuse it")
 
 
 def topology_devices(topology, num_slices=1):
@@ -132,8 +134,10 @@ def _hbm_from_error(message):
     return float(found.group(1)) * scale[found.group(2)]
 
 
-def plan(config, topology, num_slices=1, mode="train", sample_override=""):
-    """Compile `config`'s train step (or predict) for `topology`; returns the report dict (see module doc)."""
+def plan(config, topology, num_slices=1, mode="train", sample_override="", dump_hlo=""):
+    """Compile `config`'s train step (or predict) for `topology`; returns the report dict (see module doc).
+
+    dump_hlo: a file to write the compiled program's optimised HLO text to ("" = none)."""
     config = for_tpu(config)
     devices, chip = topology_devices(topology, num_slices)
     task = tasks.build_task(config)
@@ -181,6 +185,9 @@ def plan(config, topology, num_slices=1, mode="train", sample_override=""):
     if compiled is None:
         report.update(fits=False, hbm_gib=_hbm_from_error(oom), error=oom, step_seconds=None, mfu=None)
         return report
+    if dump_hlo:
+        with open(dump_hlo, "w") as f:
+            f.write(compiled.as_text())
     mem = compiled.memory_analysis()
     counted = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
                + mem.temp_size_in_bytes)
@@ -211,23 +218,25 @@ def step_time(compiled, chip, model_flops_per_device, devices):
     (recomputation included) and the model FLOPs. `optimal_seconds` is reported beside the per-operation estimate:
     it is a bound that overlaps everything (a 32768×8192 by 8192×8192 product: per-op 2.66 ms, cost model 2.79 ms;
     a bilinear resize with its layout copies: per-op 2.9 ms, cost model 0.63 ms).
-    A program with a `while` loop gets no step time: its body would be counted once.
+    The per-operation estimate counts a loop body once per trip; the cost model and XLA's counts read it once, so
+    a looping program gets no step time where the clock is unknown.
     """
     text = compiled.as_text()
-    if re.search(r"\bwhile\(", text):
-        return dict(step_seconds=None, step_source="none: the program loops (scan), the cost model counts it once")
+    loops = re.search(r"\bwhile\(", text) is not None
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     optimal = cost.get("optimal_seconds", -1.0)
     out = dict(xla_tflops_per_device=cost.get("flops", 0.0) / 1e12,
                xla_hbm_gb_per_device=cost.get("bytes accessed", 0.0) / 1e9,
-               cost_model_seconds=optimal if optimal > 0 else None)
+               cost_model_seconds=optimal if optimal > 0 and not loops else None)
     if chip["clock_ghz"]:
         ops = hlo_cost.estimate(text, chip["clock_ghz"] * 1e9, chip["ici_gbps"] * 1e9 / 2, devices)
         out.update(step_seconds=ops["step_seconds"], step_source=f"per-op estimate ({ops['bound']} bound)",
                    compute_seconds=ops["compute_seconds"], communication_seconds=ops["communication_seconds"],
                    collective_gb_per_device=ops["collective_gb"], unestimated_ops=ops["unestimated"])
         return out
+    if loops:
+        return dict(out, step_seconds=None, step_source="none: the program loops and the chip's clock is unknown")
     if optimal > 0:
         return dict(out, step_seconds=optimal, step_source="cost model")
     flops = max(cost.get("flops", 0.0), model_flops_per_device)
@@ -272,11 +281,11 @@ def main(argv):
     if _TABLE.value:
         from launch import aot_table
 
-        aot_table.regenerate()
+        aot_table.regenerate(reports_dir=_TABLE_REPORTS.value or None)
         return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required (or --table)")
-    report = plan(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value, _MODE.value, _SAMPLE.value)
+    report = plan(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value, _MODE.value, _SAMPLE.value, _DUMP_HLO.value)
     report["config"] = flags.FLAGS["config"].config_filename
     print(json.dumps(report) if _JSON.value else format_report(report))
     sys.exit(0 if report["fits"] else 1)

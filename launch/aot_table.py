@@ -1,10 +1,11 @@
 """The TPU plan table of docs/tpu.md: every recipe on its slice, compiled ahead of time by `launch/aot.py`.
 
-    python launch/aot.py --table
+    python launch/aot.py --table [--table_reports DIR]
 
 Each row is compiled in its own process, one after the other (a ViT-G step needs about 6 GiB of host memory and
 ten minutes on two cores), and the table between the markers of docs/tpu.md is rewritten. Rows whose config file
-does not exist yet are left out.
+does not exist yet are left out. With `--table_reports DIR` each row's JSON report is kept in DIR and a row whose
+report is already there is not compiled again, so an interrupted regeneration resumes where it stopped.
 """
 
 import json
@@ -33,8 +34,8 @@ ROWS = (
     ("configs/marigold_lcm.py", "v5p:2x2x1", ()),
 )
 
-HEADER = ("| config | slice | batch | sharding (mesh) | dtype, remat | HBM / chip (params, opt., act.) | step | "
-          "MFU | img/s/chip | full schedule |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| config | slice | batch | sharding (mesh) | dtype, remat | HBM / chip (params, opt., act.) | step | MFU "
+          "| MFU bound | img/s/chip | full schedule |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def run_row(config, topology, overrides):
@@ -61,16 +62,31 @@ def format_row(r):
     if not r["fits"]:
         memory += " does not fit"
     step = r.get("step_seconds")
-    timing = (f"{1e3 * step:.0f} ms | {100 * r['mfu']:.0f} % | {r['images_per_second_per_chip']:.1f} | "
-              f"{r['schedule_hours']:.1f} h") if step else "— | — | — | —"
+    bound = f"{100 * r['mfu_cost_model']:.0f} %" if r.get("mfu_cost_model") else "—"
+    timing = (f"{1e3 * step:.0f} ms | {100 * r['mfu']:.0f} % | {bound} | {r['images_per_second_per_chip']:.1f} | "
+              f"{r['schedule_hours']:.1f} h") if step else "— | — | — | — | —"
     return (f"| `{Path(r['config']).stem}` | {r['topology']} ({r['chips']} chips) | {r['batch_size']} | "
             f"{r['sharding']} ({mesh}) | {r.get('dtype', '?')}, {r.get('remat', '?')} | {memory} | {timing} |")
 
 
-def regenerate(rows=ROWS, doc=DOC):
-    """Compile every row whose config exists and rewrite the table in `doc`; returns the reports."""
+def regenerate(rows=ROWS, doc=DOC, reports_dir=None):
+    """Compile every row whose config exists and rewrite the table in `doc`; returns the reports.
+
+    reports_dir: where each row's report is kept as JSON (and read back instead of compiling again), or None.
+    """
     todo = [row for row in rows if (ROOT / row[0]).exists()]
-    reports = [run_row(*row) for row in tqdm(todo, desc="AOT compiles", unit="config")]
+    reports = []
+    for config, topology, overrides in tqdm(todo, desc="AOT compiles", unit="config"):
+        kept = None
+        if reports_dir is not None:
+            kept = Path(reports_dir) / f"{Path(config).stem}_{topology.replace(':', '_')}.json"
+        if kept is not None and kept.exists():
+            reports.append(json.loads(kept.read_text()))
+            continue
+        reports.append(run_row(config, topology, overrides))
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(reports[-1]))
     write_table(reports, doc)
     return reports
 

@@ -6,8 +6,8 @@ depth loss's median gradient, which v5p offloads to its SparseCores. Every other
 optimised program still carries the compiler's estimate in its backend config (`"estimated_cycles"`, the
 operation's cycles on the TensorCores of one chip). This module sums them and adds the rest:
 
-- compute: Σ estimated cycles of the entry computation's operations (and of `call`/`conditional` bodies, the
-  longest branch of a conditional) ÷ the chip's clock. Operations run one after the other on the TensorCores, so
+- compute: Σ estimated cycles of the entry computation's operations (and of `call` bodies, the longest branch
+  of a `conditional`, a `while` body times its known trip count) ÷ the chip's clock. Operations run one after the other on the TensorCores, so
   the sum is the compute time of a step. Fusions count once, at their call site.
 - operations without an estimate (the SparseCore scatter, sorts): named and counted, with their bytes; they are
   not in the compute time (the offloaded scatter runs concurrently; a sort of a few MB is ~1 ms).
@@ -123,6 +123,15 @@ def estimate(text, clock_hz, ici_bytes_per_second, devices):
             if op == "call":
                 callee = re.search(r"to_apply=%([\w.\-]+)", rest)
                 cycles += walk(callee.group(1)) if callee else 0
+                continue
+            if op == "while":
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
+                body = re.search(r"body=%([\w.\-]+)", rest)
+                cond = re.search(r"condition=%([\w.\-]+)", rest)
+                if trips and body:
+                    cycles += int(trips.group(1)) * (walk(body.group(1)) + (walk(cond.group(1)) if cond else 0))
+                else:
+                    unestimated["while (unknown trip count)"] = unestimated.get("while (unknown trip count)", 0) + 1
                 continue
             if op == "conditional":
                 branches = re.search(r"branch_computations=\{([^}]*)\}", rest)

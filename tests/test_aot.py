@@ -151,6 +151,16 @@ HLO = """HloModule step, entry_computation_layout={()->f32[]}
   ROOT %large = f32[8]{0} fusion(%q), kind=kLoop, calls=%f2, backend_config={"window_config":{"estimated_cycles":"700"}}
 }
 
+%body (s: f32[8]) -> f32[8] {
+  %s = f32[8]{0} parameter(0)
+  ROOT %step = f32[8]{0} fusion(%s), kind=kLoop, calls=%f6, backend_config={"window_config":{"estimated_cycles":"50"}}
+}
+
+%more (c: f32[8]) -> pred[] {
+  %c = f32[8]{0} parameter(0)
+  ROOT %lt = pred[] fusion(%c), kind=kLoop, calls=%f7, backend_config={"window_config":{"estimated_cycles":"10"}}
+}
+
 ENTRY %main (param: bf16[512,128], i: s32[]) -> f32[] {
   %param = bf16[512,128]{1,0:T(8,128)(2,1)} parameter(0)
   %all-gather.1 = bf16[2048,128]{1,0} all-gather(%param), replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, dimensions={0}
@@ -161,6 +171,7 @@ ENTRY %main (param: bf16[512,128], i: s32[]) -> f32[] {
   %offload = f32[4096]{0} fusion(%a, %b), kind=kCustom, calls=%f4, backend_config={"window_config":{"estimated_cycles":"9223372036854775807"}}
   %sort.3 = (f32[8,1024]{1,0}, s32[8,1024]{1,0}) sort(%c, %d), dimensions={1}, to_apply=%lt
   %cond = f32[8]{0} conditional(%i, %v, %w), branch_computations={%branch_a, %branch_b}
+  %loop = f32[8]{0} while(%cond), condition=%more, body=%body, backend_config={"known_trip_count":{"n":"3"}}
   ROOT %out = f32[] fusion(%cond), kind=kLoop, calls=%f5, backend_config={"window_config":{"estimated_cycles":"200"}}
 }
 """
@@ -170,8 +181,9 @@ def test_per_op_estimate_sums_cycles_counts_collectives_and_names_what_it_cannot
     from launch import hlo_cost
 
     r = hlo_cost.estimate(HLO, clock_hz=1e9, ici_bytes_per_second=1e9, devices=8)
-    # 3500 + 200 cycles, plus the longer branch of the conditional (700); the unknown estimate is left out
-    assert r["compute_seconds"] == pytest.approx(4400e-9)
+    # 3500 + 200 cycles, the longer branch of the conditional (700), 3 trips of the loop's body and condition
+    # (50 + 10); the unknown estimate is left out
+    assert r["compute_seconds"] == pytest.approx(4580e-9)
     # all-gather over axis_0 (4 devices) of 2048·128 bf16: 3/4 of the output; reduce-scatter over groups of 4:
     # 3 shards of 256 floats; all-reduce over 2 devices: twice half of 4000 bytes
     sent = 2048 * 128 * 2 * 3 / 4 + 3 * 256 * 4 + 2 * 4000 / 2
@@ -208,3 +220,28 @@ def test_per_op_estimate_of_a_large_product_is_near_the_chip_peak():
     peak = 2 * 8192 ** 3 / 459e12
     assert peak <= r["compute_seconds"] <= 1.25 * peak
     assert r["collective_gb"] == pytest.approx(8192 * 8192 * 2 * 3 / 4 / 1e9)
+
+
+def test_table_is_written_from_kept_reports_without_compiling(tmp_path, monkeypatch):
+    from launch import aot_table
+
+    report = dict(config="configs/teacher_g.py", topology="v5p:2x2x2", chips=8, batch_size=64, sharding="fsdp",
+                  mesh={"data": 1, "fsdp": 8, "tensor": 1}, dtype="bfloat16", remat="dots", hbm_gib=50.25,
+                  hbm_budget_gib=85.0, params_gib=0.6, optimizer_gib=1.2, activations_gib=48.0, fits=True,
+                  step_seconds=0.5, mfu=0.47, mfu_cost_model=0.61, images_per_second_per_chip=16.0,
+                  schedule_hours=22.2)
+    (tmp_path / "teacher_g_v5p_2x2x2.json").write_text(json.dumps(report))
+    doc = tmp_path / "tpu.md"
+    doc.write_text(f"intro\n{aot_table.BEGIN}\nold table\n{aot_table.END}\noutro\n")
+
+    def no_compiles(*row):
+        raise AssertionError(f"compiled {row} although its report was kept")
+
+    monkeypatch.setattr(aot_table, "run_row", no_compiles)
+    rows = (("configs/teacher_g.py", "v5p:2x2x2", ()),)
+    assert aot_table.regenerate(rows, doc, reports_dir=tmp_path) == [report]
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    row = text.splitlines()[4]
+    assert row.startswith("| `teacher_g` | v5p:2x2x2 (8 chips) | 64 | fsdp (fsdp 8) | bfloat16, dots |")
+    assert "**50.2** / 85 GiB" in row and "| 500 ms | 47 % | 61 % | 16.0 | 22.2 h |" in row
