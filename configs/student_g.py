@@ -31,8 +31,9 @@ PSEUDO_LABELED_SETS = {
 
 
 # Per size: (sharding, remat). S and B fit replicated; L and G (plus an equal frozen feature model: 0.7 B and 2.4 B
-# parameters in all) are sharded with FSDP and rematerialise every block. bfloat16 compute for all.
-SIZES = {"vits": ("dp", False), "vitb": ("dp", False), "vitl": ("fsdp", True), "vitg": ("fsdp", True)}
+# parameters in all) are sharded with FSDP and keep only the blocks' matrix products for the backward pass ("dots",
+# the lightest policy with which the teacher's ViT-G fits a v5p chip: docs/tpu.md). bfloat16 compute for all.
+SIZES = {"vits": ("dp", False), "vitb": ("dp", False), "vitl": ("fsdp", "dots"), "vitg": ("fsdp", "dots")}
 
 
 def get_config(encoder="vitg"):

@@ -24,6 +24,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import json  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
@@ -109,13 +110,24 @@ def example_batch(config, task, size):
     return {k: np.asarray(v)[None] for k, v in task.prepare(sample, np.random.default_rng(0)).items()}
 
 
-def for_tpu(config):
+def for_tpu(config, scratch):
     """The config as a TPU host would run it: attention "auto" resolves to XLA's fused kernels there (here the
-    tracing backend is the CPU, on which "auto" would pick the CPU formulation)."""
+    tracing backend is the CPU, on which "auto" would pick the CPU formulation). A Marigold `model.base` (SD2) or
+    `model.teacher` (Marigold v1.1) folder that does not exist here is replaced by its published configuration
+    files, written under `scratch` (`marigold_jax.architecture`): compiling needs the shapes, never the weights.
+    Returns (config, the replaced fields)."""
     config = config.copy_and_resolve_references()
     if "model" in config and config.model.get("attention_impl") == "auto":
         config.model.attention_impl = "xla"
-    return config
+    replaced = []
+    for field, modality in (("base", None), ("teacher", config.get("model", {}).get("modality", "depth"))):
+        path = config.get("model", {}).get(field)
+        if config.task.startswith("marigold") and isinstance(path, str) and path and not os.path.exists(path):
+            from marigold_jax import architecture
+
+            config.model[field] = architecture.write_folder(os.path.join(scratch, field), modality)
+            replaced.append(field)
+    return config, replaced
 
 
 def _shard_bytes(tree):
@@ -138,7 +150,15 @@ def plan(config, topology, num_slices=1, mode="train", sample_override="", dump_
     """Compile `config`'s train step (or predict) for `topology`; returns the report dict (see module doc).
 
     dump_hlo: a file to write the compiled program's optimised HLO text to ("" = none)."""
-    config = for_tpu(config)
+    with tempfile.TemporaryDirectory() as scratch:
+        config, replaced = for_tpu(config, scratch)
+        report = _plan(config, topology, num_slices, mode, sample_override, dump_hlo)
+    if replaced:
+        report["architecture_only"] = replaced
+    return report
+
+
+def _plan(config, topology, num_slices, mode, sample_override, dump_hlo):
     devices, chip = topology_devices(topology, num_slices)
     task = tasks.build_task(config)
     example = example_batch(config, task, sample_size(config, sample_override))
@@ -255,6 +275,9 @@ def format_report(r):
         + f" GiB of a {r['hbm_budget_gib']:.0f} GiB budget: " + ("fits" if r["fits"] else "DOES NOT FIT"),
         f"model FLOPs per step: {r['model_tflops_per_step']:.1f} TFLOP (frozen parts {r['frozen_tflops_per_step']:.1f})",
     ]
+    if r.get("architecture_only"):
+        lines.append(f"weights: none read; model.{' and model.'.join(r['architecture_only'])} not found here, "
+                     "compiled from the published configuration")
     if r.get("error"):
         lines.append(f"compiler: {r['error']}")
     if r.get("step_seconds"):

@@ -273,3 +273,15 @@ def test_full_size_sd2_unet_matches_diffusers_at_an_8x8_latent():
 def test_full_size_sd_vae_matches_diffusers_at_32x32():
     mean_err, image_err = check_vae(SD_VAE, 32)
     assert mean_err <= 1e-4 and image_err <= 1e-4, (mean_err, image_err)
+
+
+def test_published_sd2_configs_are_the_ones_the_parity_tests_build():
+    """marigold_jax.architecture (what AOT planning compiles) holds the SD2 configs these tests check against
+    diffusers (launch/bench_marigold.py), the U-Net with 4 latent channels in."""
+    from marigold_jax import architecture
+
+    def plain(config):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    assert plain({**SD2_UNET, "in_channels": 4}).items() <= architecture.SD2_UNET.items()
+    assert plain(SD_VAE).items() <= architecture.SD2_VAE.items()

@@ -142,7 +142,7 @@ def test_student_configs_are_the_papers_recipe_and_build_their_task(size):
                        "objects365": 1.7e6, "open_images_v7": 7.8e6, "places365": 6.5e6, "sa1b": 11.1e6}
     assert task.feature_teacher == "dinov2.pth" and task.feature_margin == 0.85
     if size == "g":
-        assert (config.sharding, config.model.dtype, config.model.remat) == ("fsdp", "bfloat16", True)
+        assert (config.sharding, config.model.dtype, config.model.remat) == ("fsdp", "bfloat16", "dots")
 
 
 @pytest.mark.parametrize("name, encoder, max_depth", [
