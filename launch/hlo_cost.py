@@ -7,7 +7,8 @@ optimised program still carries the compiler's estimate in its backend config (`
 operation's cycles on the TensorCores of one chip). This module sums them and adds the rest:
 
 - compute: Σ estimated cycles of the entry computation's operations (and of `call` bodies, the longest branch
-  of a `conditional`, a `while` body times its known trip count) ÷ the chip's clock. Operations run one after the other on the TensorCores, so
+  of a `conditional`, a `while` body and condition times the trip count: the compiler's, or N for a condition
+  `counter < N`, which is how the windowed all-gather matmuls of FSDP loop over the shards) ÷ the chip's clock. Operations run one after the other on the TensorCores, so
   the sum is the compute time of a step. Fusions count once, at their call site.
 - operations without an estimate (the SparseCore scatter, sorts): named and counted, with their bytes; they are
   not in the compute time (the offloaded scatter runs concurrently; a sort of a few MB is ~1 ms).
@@ -25,6 +26,7 @@ import re
 _ITEMSIZE = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2,
              "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
 _UNKNOWN = 2 ** 63 - 1  # the compiler's "no estimate"
+_FREE_CUSTOM_CALLS = ("AllocateBuffer", "AssumeGatherIndicesInBound")  # markers, no work
 _COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<shape>.*?) (?P<op>[\w\-]+)\((?P<rest>.*)$")
 _ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
@@ -96,6 +98,18 @@ def _collective_bytes(op, shape, rest, devices):
     return float(array)
 
 
+def _trip_count(rest, condition):
+    """Trips of a while loop: the compiler's `known_trip_count`, else N when its condition is `counter < N` for a
+    constant N (the windowed all-gather matmuls of FSDP count from 0 in steps of 1); None when neither is found."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
+    if known:
+        return int(known.group(1))
+    constants = dict(re.findall(r"%([\w.\-]+) = [su]32\[\]\S* constant\((\d+)\)", "\n".join(condition)))
+    root = next((line for line in condition if line.lstrip().startswith("ROOT ")), "")
+    compared = re.search(r"compare\(%[\w.\-]+, %([\w.\-]+)\), direction=LT", root)
+    return int(constants[compared.group(1)]) if compared and compared.group(1) in constants else None
+
+
 def estimate(text, clock_hz, ici_bytes_per_second, devices):
     """Per-device step-time estimate of an optimised TPU HLO module (`compiled.as_text()`); see the module doc.
 
@@ -106,10 +120,14 @@ def estimate(text, clock_hz, ici_bytes_per_second, devices):
     comps, entry = _computations(text)
     if entry is None:
         raise ValueError("no ENTRY computation in the HLO text")
-    unestimated, totals = {}, dict(cycles=0, collective=0.0, unestimated=0.0)
+    unestimated, totals = {}, dict(unestimated=0.0)
+
+    def count(label):
+        unestimated[label] = unestimated.get(label, 0) + 1
 
     def walk(name):
-        cycles = 0
+        """(cycles, collective bytes) of computation `name`, loops and calls included."""
+        cycles, sent = 0, 0.0
         for line in comps.get(name, ()):
             found = _INSTRUCTION.match(line)
             if not found:
@@ -118,39 +136,45 @@ def estimate(text, clock_hz, ici_bytes_per_second, devices):
             if op.endswith("-done"):
                 continue
             if any(op.startswith(c) for c in _COLLECTIVES):
-                totals["collective"] += _collective_bytes(op, shape, rest, devices)
+                sent += _collective_bytes(op, shape, rest, devices)
                 continue
+            if op == "custom-call" and any(f'custom_call_target="{t}"' in rest for t in _FREE_CUSTOM_CALLS):
+                continue
+            callees = []
             if op == "call":
-                callee = re.search(r"to_apply=%([\w.\-]+)", rest)
-                cycles += walk(callee.group(1)) if callee else 0
-                continue
-            if op == "while":
-                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
-                body = re.search(r"body=%([\w.\-]+)", rest)
-                cond = re.search(r"condition=%([\w.\-]+)", rest)
-                if trips and body:
-                    cycles += int(trips.group(1)) * (walk(body.group(1)) + (walk(cond.group(1)) if cond else 0))
-                else:
-                    unestimated["while (unknown trip count)"] = unestimated.get("while (unknown trip count)", 0) + 1
-                continue
-            if op == "conditional":
+                callees = [(1, re.findall(r"to_apply=%([\w.\-]+)", rest))]
+            elif op == "while":
+                body, cond = re.search(r"body=%([\w.\-]+)", rest), re.search(r"condition=%([\w.\-]+)", rest)
+                trips = _trip_count(rest, comps.get(cond.group(1), ()) if cond else ())
+                if trips is None or body is None:
+                    count("while (unknown trip count)")
+                    continue
+                callees = [(trips, [body.group(1), cond.group(1)])]
+            elif op == "conditional":
                 branches = re.search(r"branch_computations=\{([^}]*)\}", rest)
-                names = re.findall(r"%([\w.\-]+)", branches.group(1)) if branches else []
-                cycles += max((walk(b) for b in names), default=0)
+                costs = [walk(b) for b in re.findall(r"%([\w.\-]+)", branches.group(1) if branches else "")]
+                if costs:
+                    cycles, sent = cycles + max(c for c, _ in costs), sent + max(b for _, b in costs)
+                continue
+            if callees:
+                for times, names in callees:
+                    for callee in names:
+                        c, b = walk(callee)
+                        cycles, sent = cycles + times * c, sent + times * b
                 continue
             value = re.search(r'"estimated_cycles":"(\d+)"', rest)
             if value and int(value.group(1)) != _UNKNOWN:
                 cycles += int(value.group(1))
             elif op in ("sort", "call-start", "custom-call") or value:
-                label = found.group("name").split(".")[0] if op != "sort" else "sort"
-                unestimated[label] = unestimated.get(label, 0) + 1
+                count("sort" if op == "sort" else found.group("name").split(".")[0])
                 totals["unestimated"] += _bytes(shape)
-        return cycles
+        return cycles, sent
 
-    compute = walk(entry) / clock_hz
-    communication = totals["collective"] / ici_bytes_per_second
+    cycles, sent = walk(entry)
+    compute = cycles / clock_hz
+    communication = sent / ici_bytes_per_second
     return dict(compute_seconds=compute, communication_seconds=communication,
                 step_seconds=max(compute, communication),
                 bound="compute" if compute >= communication else "communication",
-                collective_gb=totals["collective"] / 1e9, unestimated=unestimated,
+                collective_gb=sent / 1e9, unestimated=unestimated,
                 unestimated_gb=totals["unestimated"] / 1e9)

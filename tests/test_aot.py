@@ -161,6 +161,20 @@ HLO = """HloModule step, entry_computation_layout={()->f32[]}
   ROOT %lt = pred[] fusion(%c), kind=kLoop, calls=%f7, backend_config={"window_config":{"estimated_cycles":"10"}}
 }
 
+%window_cond (w: (u32[], f32[8])) -> pred[] {
+  %limit = u32[]{:T(128)} constant(4)
+  %w = (u32[], f32[8]) parameter(0)
+  %counter = u32[]{:T(128)} get-tuple-element(%w), index=0
+  ROOT %lt.1 = pred[]{:T(512)} compare(%counter, %limit), direction=LT
+}
+
+%window_body (v: (u32[], f32[8])) -> (u32[], f32[8]) {
+  %v = (u32[], f32[8]) parameter(0)
+  %shift-start = (f32[64]{0}, f32[64]{0}) collective-permute-start(%v), source_target_pairs={{0,1},{1,0}}
+  %shift-done = f32[64]{0} collective-permute-done(%shift-start)
+  ROOT %part = (u32[], f32[8]) fusion(%v), kind=kOutput, calls=%f8, backend_config={"window_config":{"estimated_cycles":"25"}}
+}
+
 ENTRY %main (param: bf16[512,128], i: s32[]) -> f32[] {
   %param = bf16[512,128]{1,0:T(8,128)(2,1)} parameter(0)
   %all-gather.1 = bf16[2048,128]{1,0} all-gather(%param), replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, dimensions={0}
@@ -172,6 +186,8 @@ ENTRY %main (param: bf16[512,128], i: s32[]) -> f32[] {
   %sort.3 = (f32[8,1024]{1,0}, s32[8,1024]{1,0}) sort(%c, %d), dimensions={1}, to_apply=%lt
   %cond = f32[8]{0} conditional(%i, %v, %w), branch_computations={%branch_a, %branch_b}
   %loop = f32[8]{0} while(%cond), condition=%more, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %windowed = (u32[], f32[8]) while(%init), condition=%window_cond, body=%window_body
+  %buffer = f32[8]{0} custom-call(), custom_call_target="AllocateBuffer"
   ROOT %out = f32[] fusion(%cond), kind=kLoop, calls=%f5, backend_config={"window_config":{"estimated_cycles":"200"}}
 }
 """
@@ -182,11 +198,11 @@ def test_per_op_estimate_sums_cycles_counts_collectives_and_names_what_it_cannot
 
     r = hlo_cost.estimate(HLO, clock_hz=1e9, ici_bytes_per_second=1e9, devices=8)
     # 3500 + 200 cycles, the longer branch of the conditional (700), 3 trips of the loop's body and condition
-    # (50 + 10); the unknown estimate is left out
-    assert r["compute_seconds"] == pytest.approx(4580e-9)
+    # (50 + 10), 4 trips (`counter < 4`) of the windowed loop's body (25); the unknown estimate is left out
+    assert r["compute_seconds"] == pytest.approx(4680e-9)
     # all-gather over axis_0 (4 devices) of 2048·128 bf16: 3/4 of the output; reduce-scatter over groups of 4:
-    # 3 shards of 256 floats; all-reduce over 2 devices: twice half of 4000 bytes
-    sent = 2048 * 128 * 2 * 3 / 4 + 3 * 256 * 4 + 2 * 4000 / 2
+    # 3 shards of 256 floats; all-reduce over 2 devices: twice half of 4000 bytes; 4 permutes of 64 floats
+    sent = 2048 * 128 * 2 * 3 / 4 + 3 * 256 * 4 + 2 * 4000 / 2 + 4 * 64 * 4
     assert r["collective_gb"] == pytest.approx(sent / 1e9)
     assert r["communication_seconds"] == pytest.approx(sent / 1e9)
     assert r["step_seconds"] == pytest.approx(sent / 1e9) and r["bound"] == "communication"
