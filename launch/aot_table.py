@@ -78,16 +78,14 @@ def regenerate(rows=ROWS, doc=DOC, reports_dir=None):
     todo = [row for row in rows if (ROOT / row[0]).exists()]
     reports = []
     for config, topology, overrides in tqdm(todo, desc="AOT compiles", unit="config"):
-        kept = None
-        if reports_dir is not None:
-            kept = Path(reports_dir) / f"{Path(config).stem}_{topology.replace(':', '_')}.json"
-        if kept is not None and kept.exists():
-            reports.append(json.loads(kept.read_text()))
+        if reports_dir is None:
+            reports.append(run_row(config, topology, overrides))
             continue
-        reports.append(run_row(config, topology, overrides))
-        if kept is not None:
+        kept = Path(reports_dir) / f"{Path(config).stem}_{topology.replace(':', '_')}.json"
+        if not kept.exists():
             kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(json.dumps(reports[-1]))
+            kept.write_text(json.dumps(run_row(config, topology, overrides)))
+        reports.append(json.loads(kept.read_text()))
     write_table(reports, doc)
     return reports
 

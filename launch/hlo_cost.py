@@ -1,17 +1,18 @@
 """Step time of a compiled TPU program from the TPU compiler's own per-operation estimates.
 
-The compiler's cost model (`cost_analysis()["optimal_seconds"]`) declines (returns a negative number) for a whole
-program as soon as one operation has no estimate. In our train steps that operation is the scatter of the
-depth loss's median gradient, which v5p offloads to its SparseCores. Every other top-level operation of the
-optimised program still carries the compiler's estimate in its backend config (`"estimated_cycles"`, the
-operation's cycles on the TensorCores of one chip). This module sums them and adds the rest:
+The compiler's cost model (`cost_analysis()["optimal_seconds"]`) reads a loop body once, and every FSDP train
+step loops (XLA computes each FSDP product as a windowed loop over the weight shards); it also declines (returns a
+negative number) for a whole program as soon as one operation has no estimate. Every top-level operation of the
+optimised program carries the compiler's estimate in its backend config (`"estimated_cycles"`, the operation's
+cycles on the TensorCores of one chip). This module sums them and adds the rest:
 
 - compute: Σ estimated cycles of the entry computation's operations (and of `call` bodies, the longest branch
   of a `conditional`, a `while` body and condition times the trip count: the compiler's, or N for a condition
-  `counter < N`, which is how the windowed all-gather matmuls of FSDP loop over the shards) ÷ the chip's clock. Operations run one after the other on the TensorCores, so
-  the sum is the compute time of a step. Fusions count once, at their call site.
-- operations without an estimate (the SparseCore scatter, sorts): named and counted, with their bytes; they are
-  not in the compute time (the offloaded scatter runs concurrently; a sort of a few MB is ~1 ms).
+  `counter < N`, which is how the windowed all-gather matmuls of FSDP loop over the shards) ÷ the chip's clock.
+  Operations run one after the other on the TensorCores, so the sum is the compute time of a step. Fusions count
+  once, at their call site.
+- operations without an estimate (sorts, work offloaded to the SparseCores): named and counted, with their bytes;
+  they are not in the compute time (a sort of a few MB is ~1 ms).
 - communication: bytes each device sends or receives in all-gathers, reduce-scatters, all-reduces, all-to-alls and
   collective permutes, ÷ the chip's ICI bandwidth. XLA runs these asynchronously, overlapped with compute, so
   the step time is max(compute, communication) and the report says which bounds it.
@@ -140,27 +141,25 @@ def estimate(text, clock_hz, ici_bytes_per_second, devices):
                 continue
             if op == "custom-call" and any(f'custom_call_target="{t}"' in rest for t in _FREE_CUSTOM_CALLS):
                 continue
-            callees = []
-            if op == "call":
-                callees = [(1, re.findall(r"to_apply=%([\w.\-]+)", rest))]
-            elif op == "while":
-                body, cond = re.search(r"body=%([\w.\-]+)", rest), re.search(r"condition=%([\w.\-]+)", rest)
-                trips = _trip_count(rest, comps.get(cond.group(1), ()) if cond else ())
-                if trips is None or body is None:
-                    count("while (unknown trip count)")
-                    continue
-                callees = [(trips, [body.group(1), cond.group(1)])]
-            elif op == "conditional":
+            if op == "conditional":
                 branches = re.search(r"branch_computations=\{([^}]*)\}", rest)
                 costs = [walk(b) for b in re.findall(r"%([\w.\-]+)", branches.group(1) if branches else "")]
                 if costs:
                     cycles, sent = cycles + max(c for c, _ in costs), sent + max(b for _, b in costs)
                 continue
-            if callees:
-                for times, names in callees:
-                    for callee in names:
-                        c, b = walk(callee)
-                        cycles, sent = cycles + times * c, sent + times * b
+            if op in ("call", "while"):
+                if op == "call":
+                    times, callees = 1, re.findall(r"to_apply=%([\w.\-]+)", rest)
+                else:
+                    callees = re.findall(r"(?:body|condition)=%([\w.\-]+)", rest)
+                    cond = re.search(r"condition=%([\w.\-]+)", rest)
+                    times = _trip_count(rest, comps.get(cond.group(1), ()) if cond else ())
+                    if times is None:
+                        count("while (unknown trip count)")
+                        continue
+                for callee in callees:
+                    c, b = walk(callee)
+                    cycles, sent = cycles + times * c, sent + times * b
                 continue
             value = re.search(r'"estimated_cycles":"(\d+)"', rest)
             if value and int(value.group(1)) != _UNKNOWN:
